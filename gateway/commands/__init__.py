@@ -1,0 +1,1 @@
+"""Command groups of the ``cpimgw`` command line (see :mod:`gateway.cli`)."""
