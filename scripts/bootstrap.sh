@@ -40,13 +40,13 @@ fi
 
 # The venv is rebuilt when pyproject.toml (or a plugin's) changes.
 stamp="$VENV/.cpimgw-stamp"
-want=$(cat pyproject.toml examples/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml examples/*/pyproject.toml tests/plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: preparing $VENV"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -e '.[test,dev]'
-  for plugin in examples/*/pyproject.toml; do
+  for plugin in examples/*/pyproject.toml tests/plugins/*/pyproject.toml; do
     [ -e "$plugin" ] && "$VENV/bin/python" -m pip install -q -e "$(dirname "$plugin")"
   done
   echo "$want" > "$stamp"
