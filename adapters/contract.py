@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import metadata
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -95,6 +95,25 @@ class Mapper(Protocol[N]):
         ...
 
 
+@runtime_checkable
+class ErrorMapper(Protocol[N]):
+    """Optional, for adapters declaring :attr:`Capability.ERRORS`: failures in native form.
+
+    RFC 3860 §3.4.1 knows only success and failure; each protocol says *why* in its own
+    terms (SIP status, XMPP stanza error condition, ...; RFC 7247 §7). A mapper that also
+    implements these two pure methods lets the conformance kit check that a failure
+    reported in the adapter's protocol reads back as the same failure.
+    """
+
+    def error_to_native(self, envelope: Envelope, error: GatewayError) -> N:
+        """The native message telling the sender of ``envelope`` that it failed."""
+        ...
+
+    def error_from_native(self, native: N) -> GatewayError | None:
+        """The failure a native message reports (``reason`` and text), None if it is none."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """The gateway's answer to ``deliver``: the envelope is stored (or was a duplicate).
@@ -144,6 +163,21 @@ class AdapterContext:
     count: Callable[..., None] = field(default=lambda *_a, **_k: None)
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """An offline setup of an adapter for tests and the conformance kit.
+
+    ``config`` builds the adapter (and so its mapper) without I/O; ``local`` is a user on
+    the adapter's own network and ``remote`` one elsewhere, both gateway-wide addresses
+    (DESIGN.md "Addresses in envelopes"): envelopes the kit sends *into* the network go
+    from ``remote`` to ``local``.
+    """
+
+    config: AdapterConfig
+    local: str = "im:charles@example.net"
+    remote: str = "im:ada@example.com"
+
+
 class Adapter(ABC):
     """An adapter instance: one configured connection to one network.
 
@@ -188,6 +222,15 @@ class Adapter(ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Stop serving; pending inbound work is either delivered or refused, never dropped."""
+
+    @classmethod
+    def sample(cls) -> Sample:
+        """A config and addresses good for offline tests (the conformance kit uses them).
+
+        Override when the config model has required fields or the network needs
+        particular addresses.
+        """
+        return Sample(config=cls.config_model())
 
     def ready(self) -> bool:
         """True while connected and able to send (``/readyz``)."""
