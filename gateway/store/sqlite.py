@@ -1,0 +1,694 @@
+"""The embedded durable store: one SQLite file in WAL mode, written by one thread with
+group commit.
+
+Why this shape:
+
+- **Nothing acknowledged is lost** (DESIGN.md "Delivery"): :meth:`SqliteStore.commit`
+  resolves only after the transaction holding the envelope has committed. With
+  ``synchronous = "full"`` (the default) the WAL is fsynced at every commit, so the
+  entry survives a power cut too; ``"normal"`` survives a killed process (``kill -9``)
+  but not a power cut, and is faster.
+- **Group commit**: every write goes through one writer thread. It takes all the
+  operations queued while the previous transaction was committing and runs them in a
+  single transaction, so many concurrent ``deliver`` calls share one fsync. Each
+  operation runs under its own SAVEPOINT, so one failing operation fails alone.
+- **The hot path does not read the database**: a serving store keeps the pending,
+  unclaimed entries of this node in memory (loaded at :meth:`open`); :meth:`claim` pops
+  them from a heap. Once per ``poll_interval`` it rescans the pending ids, so entries the
+  operator retried or dropped with ``cpimgw queue`` while the gateway runs are noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from canonical.envelope import Envelope, Payload, from_record, to_record
+from canonical.errors import GatewayError, Reason
+from gateway.presence import LastPresence, Subscription, SubscriptionState
+from gateway.security import Buckets
+from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
+
+Synchronous = Literal["full", "normal"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    identity TEXT NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    last_error TEXT,
+    meta TEXT NOT NULL,
+    body BLOB
+);
+CREATE INDEX IF NOT EXISTS queue_by_state ON queue (state, next_at);
+CREATE TABLE IF NOT EXISTS seen (
+    identity TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    watcher TEXT NOT NULL,
+    presentity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    watcher_adapter TEXT NOT NULL,
+    presentity_adapter TEXT NOT NULL,
+    expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (watcher, presentity)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS presence (
+    presentity TEXT PRIMARY KEY,
+    content_type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    at REAL NOT NULL,
+    identity TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ids (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+_ENTRY_COLUMNS = (
+    "id, target, state, attempts, next_at, created_at, expires_at, last_error, meta, body"
+)
+
+
+def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
+    """The envelope as (JSON without the payload body, body bytes): no base64 on disk."""
+    record = to_record(envelope)
+    body: bytes | None = None
+    if envelope.payload is not None:
+        body = envelope.payload.body
+        record["payload"]["body"] = ""
+    return json.dumps(record, separators=(",", ":")), body
+
+
+def decode_envelope(meta: str, body: bytes | None) -> Envelope:
+    """Reverse :func:`encode_envelope`."""
+    record = json.loads(meta)
+    envelope = from_record(record)
+    if envelope.payload is not None:
+        envelope = envelope.replace(
+            payload=Payload(envelope.payload.content_type, bytes(body or b""))
+        )
+    return envelope
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    entry_id, target, state, attempts, next_at, created_at, expires_at, error, meta, body = row
+    return Entry(
+        id=str(entry_id),
+        target=str(target),
+        envelope=decode_envelope(meta, body),
+        state=EntryState(state),
+        attempts=int(attempts),
+        next_at=float(next_at),
+        created_at=float(created_at),
+        expires_at=float(expires_at),
+        last_error=error,
+    )
+
+
+@dataclass(slots=True)
+class _Op:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    after: Callable[[Any], None] | None = None
+
+
+class _Writer(threading.Thread):
+    """The one thread that touches the database; batches queued operations per commit."""
+
+    def __init__(self, path: Path, synchronous: Synchronous, loop: asyncio.AbstractEventLoop):
+        super().__init__(name=f"cpimgw-store:{path.name}", daemon=True)
+        self.path = path
+        self.synchronous = synchronous
+        self.loop = loop
+        self.ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.batches = 0
+        self.operations = 0
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # noqa: BLE001 - reported to open()
+            self.error = exc
+            self.ready.set()
+            return
+        self.ready.set()
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise GatewayError(
+                f"the store {self.path} cannot use write-ahead logging (journal mode {mode})",
+                reason=Reason.INTERNAL,
+                hint="put the store on a local file system",
+            )
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise GatewayError(
+                f"the store {self.path} has schema {row[0]}, this cpimgw reads {SCHEMA_VERSION}",
+                reason=Reason.INTERNAL,
+                hint="run the cpimgw version that wrote it, or move the file away",
+            )
+        return conn
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self.ops.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < 4096:
+                try:
+                    nxt = self.ops.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    results.append((op, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - the whole batch failed to commit
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            results = [(op, None, exc) for op in batch]
+        self.batches += 1
+        self.operations += len(batch)
+        try:
+            self.loop.call_soon_threadsafe(_settle, results)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            return
+
+
+def _settle(results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+    for op, value, error in results:
+        if error is None and op.after is not None:
+            op.after(value)
+        if op.future.done():
+            continue
+        if error is not None:
+            op.future.set_exception(error)
+        else:
+            op.future.set_result(value)
+
+
+class SqliteStore:
+    """The :class:`~gateway.store.Store` protocol on one SQLite file (one gateway node).
+
+    ``serve=False`` opens the file for the operator's commands (``cpimgw queue``): no
+    entries are loaded into memory and :meth:`claim` is not available.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "full",
+        dedup_window: float = 3600.0,
+        id_ttl: float = 7 * 86400.0,
+        poll_interval: float = 1.0,
+        serve: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous: Synchronous = synchronous
+        self.dedup_window = dedup_window
+        self.id_ttl = id_ttl
+        self.poll_interval = poll_interval
+        self.serve = serve
+        self._writer: _Writer | None = None
+        self._ready: dict[str, Entry] = {}
+        self._due: list[tuple[float, int, str]] = []
+        self._claimed: set[str] = set()
+        self._buckets = Buckets()
+        self._last_scan = 0.0
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def batches(self) -> int:
+        """Transactions committed so far (group commit: fewer than operations)."""
+        return 0 if self._writer is None else self._writer.batches
+
+    @property
+    def operations(self) -> int:
+        """Operations run so far."""
+        return 0 if self._writer is None else self._writer.operations
+
+    def _submit(
+        self, fn: Callable[[sqlite3.Connection], Any], after: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[Any]:
+        if self._writer is None:
+            raise GatewayError(
+                f"the store {self.path} is not open", reason=Reason.INTERNAL, hint="call open()"
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._writer.ops.put(_Op(fn, future, after))
+        return future
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _Writer(self.path, self.synchronous, asyncio.get_running_loop())
+        writer.start()
+        await asyncio.to_thread(writer.ready.wait)
+        if writer.error is not None:
+            writer.join()
+            if isinstance(writer.error, GatewayError):
+                raise writer.error
+            raise GatewayError(
+                f"cannot open the store {self.path}: {writer.error}",
+                reason=Reason.INTERNAL,
+                hint="check the [store] path and that the directory is writable",
+            ) from writer.error
+        self._writer = writer
+        if self.serve:
+            rows = await self._submit(
+                lambda c: c.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE state = 'pending' ORDER BY id"  # noqa: S608
+                ).fetchall()
+            )
+            for row in rows:
+                self._remember(_entry(row))
+
+    async def close(self) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        self._writer = None
+        writer.ops.put(None)
+        await asyncio.to_thread(writer.join)
+
+    def _remember(self, entry: Entry) -> None:
+        self._ready[entry.id] = entry
+        heapq.heappush(self._due, (entry.next_at, int(entry.id), entry.id))
+
+    # -- the queue ------------------------------------------------------------------
+
+    async def commit(self, batch: Commit) -> Accepted:
+        encoded = [(out, *encode_envelope(out.envelope)) for out in batch.entries]
+        window = self.dedup_window
+
+        def write(conn: sqlite3.Connection) -> tuple[Accepted, list[Entry]]:
+            if batch.identity:
+                row = conn.execute(
+                    "SELECT at FROM seen WHERE identity = ?", (batch.identity,)
+                ).fetchone()
+                if row is not None and batch.at - float(row[0]) < window:
+                    return Accepted(duplicate=True), []
+                conn.execute(
+                    "INSERT OR REPLACE INTO seen (identity, at) VALUES (?, ?)",
+                    (batch.identity, batch.at),
+                )
+            made: list[Entry] = []
+            for out, meta, body in encoded:
+                cur = conn.execute(
+                    "INSERT INTO queue (identity, target, state, attempts, next_at, created_at,"
+                    " expires_at, meta, body) VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
+                    (
+                        out.envelope.identity,
+                        out.target,
+                        batch.at,
+                        batch.at,
+                        out.expires_at,
+                        meta,
+                        body,
+                    ),
+                )
+                made.append(
+                    Entry(
+                        id=str(cur.lastrowid),
+                        target=out.target,
+                        envelope=out.envelope,
+                        state=EntryState.PENDING,
+                        attempts=0,
+                        next_at=batch.at,
+                        created_at=batch.at,
+                        expires_at=out.expires_at,
+                    )
+                )
+            for sub in batch.subscriptions:
+                conn.execute(
+                    "INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sub.watcher,
+                        sub.presentity,
+                        sub.state.value,
+                        sub.watcher_adapter,
+                        sub.presentity_adapter,
+                        sub.expires_at,
+                        sub.created_at,
+                        sub.updated_at,
+                    ),
+                )
+            for watcher, presentity in batch.ended:
+                conn.execute(
+                    "DELETE FROM subscriptions WHERE watcher = ? AND presentity = ?",
+                    (watcher, presentity),
+                )
+            if batch.presence is not None:
+                p = batch.presence
+                conn.execute(
+                    "INSERT OR REPLACE INTO presence VALUES (?, ?, ?, ?, ?)",
+                    (p.presentity, p.payload.content_type, p.payload.body, p.at, p.identity),
+                )
+            return Accepted(duplicate=False, ids=tuple(e.id for e in made)), made
+
+        def after(value: tuple[Accepted, list[Entry]]) -> None:
+            if self.serve:
+                for entry in value[1]:
+                    self._remember(entry)
+
+        accepted, _ = await self._submit(write, after)
+        return accepted  # type: ignore[no-any-return]
+
+    async def claim(self, now: float, limit: int) -> list[Entry]:
+        if not self.serve:
+            raise GatewayError("this store was opened for inspection only", reason=Reason.INTERNAL)
+        if now - self._last_scan >= self.poll_interval:
+            self._last_scan = now
+            await self._rescan()
+        out: list[Entry] = []
+        while self._due and self._due[0][0] <= now and len(out) < limit:
+            next_at, _, entry_id = heapq.heappop(self._due)
+            entry = self._ready.get(entry_id)
+            if entry is None or entry.next_at != next_at:
+                continue  # dropped, or a stale heap item of a rescheduled entry
+            del self._ready[entry_id]
+            self._claimed.add(entry_id)
+            out.append(entry)
+        return out
+
+    async def _rescan(self) -> None:
+        """Pick up what another process (``cpimgw queue``) changed in the file."""
+
+        def scan(conn: sqlite3.Connection) -> tuple[dict[str, float], int]:
+            rows = conn.execute("SELECT id, next_at FROM queue WHERE state = 'pending'").fetchall()
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'queue'").fetchone()
+            return {str(i): float(n) for i, n in rows}, int(seq[0]) if seq else 0
+
+        missing: list[str] = []
+
+        def reconcile(found: tuple[dict[str, float], int]) -> None:
+            # Runs on the loop in commit order, so memory and the snapshot agree.
+            pending, seq = found
+            for entry_id in list(self._ready):
+                if int(entry_id) <= seq and entry_id not in pending:
+                    del self._ready[entry_id]  # dropped or failed by the operator
+            for entry_id, next_at in pending.items():
+                if entry_id in self._claimed:
+                    continue
+                known = self._ready.get(entry_id)
+                if known is None:
+                    missing.append(entry_id)
+                elif next_at < known.next_at:
+                    self._remember(_with(known, next_at=next_at))
+
+        await self._submit(scan, reconcile)
+        if not missing:
+            return
+        marks = ",".join("?" * len(missing))
+
+        def fetch(conn: sqlite3.Connection) -> list[Any]:
+            return conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE state = 'pending'"  # noqa: S608
+                f" AND id IN ({marks})",
+                [int(i) for i in missing],
+            ).fetchall()
+
+        def adopt(rows: list[Any]) -> None:
+            for row in rows:
+                entry = _entry(row)
+                if entry.id not in self._claimed and entry.id not in self._ready:
+                    self._remember(entry)
+
+        await self._submit(fetch, adopt)
+
+    async def next_due(self) -> float | None:
+        while self._due:
+            next_at, _, entry_id = self._due[0]
+            entry = self._ready.get(entry_id)
+            if entry is None or entry.next_at != next_at:
+                heapq.heappop(self._due)
+                continue
+            return next_at
+        return None
+
+    async def complete(self, entry_id: str) -> None:
+        self._claimed.discard(entry_id)
+        await self._submit(lambda c: c.execute("DELETE FROM queue WHERE id = ?", (int(entry_id),)))
+
+    async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
+        def write(conn: sqlite3.Connection) -> Entry | None:
+            conn.execute(
+                "UPDATE queue SET next_at = ?, attempts = ?, last_error = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (next_at, attempts, error, int(entry_id)),
+            )
+            row = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE id = ? AND state = 'pending'",  # noqa: S608
+                (int(entry_id),),
+            ).fetchone()
+            return None if row is None else _entry(row)
+
+        def after(entry: Entry | None) -> None:
+            self._claimed.discard(entry_id)
+            if entry is not None and self.serve:
+                self._remember(entry)
+
+        await self._submit(write, after)
+
+    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
+        self._claimed.discard(entry_id)
+        await self._submit(
+            lambda c: c.execute(
+                "UPDATE queue SET state = 'failed', last_error = ?, next_at = ? WHERE id = ?",
+                (error, now, int(entry_id)),
+            )
+        )
+
+    async def entries(self, state: EntryState | None = None, limit: int = 100) -> list[Entry]:
+        def read(conn: sqlite3.Connection) -> list[Any]:
+            if state is None:
+                return conn.execute(
+                    f"SELECT {_ENTRY_COLUMNS} FROM queue ORDER BY id LIMIT ?",  # noqa: S608
+                    (limit,),
+                ).fetchall()
+            return conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE state = ? ORDER BY id LIMIT ?",  # noqa: S608
+                (state.value, limit),
+            ).fetchall()
+
+        return [_entry(row) for row in await self._submit(read)]
+
+    async def requeue(self, ids: Sequence[str] | None, *, now: float) -> int:
+        def write(conn: sqlite3.Connection) -> list[Any]:
+            if ids is None:
+                where, args = "state = 'failed'", []
+            else:
+                where = f"id IN ({','.join('?' * len(ids))})"
+                args = [int(i) for i in ids]
+            chosen = [
+                int(row[0])
+                for row in conn.execute(f"SELECT id FROM queue WHERE {where}", args)  # noqa: S608
+            ]
+            marks = ",".join("?" * len(chosen))
+            conn.execute(
+                f"UPDATE queue SET state = 'pending', next_at = ?, attempts = 0"  # noqa: S608
+                f" WHERE id IN ({marks})",
+                [now, *chosen],
+            )
+            return conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE id IN ({marks})",  # noqa: S608
+                chosen,
+            ).fetchall()
+
+        def after(rows: list[Any]) -> None:
+            if self.serve:
+                for row in rows:
+                    entry = _entry(row)
+                    if entry.id not in self._claimed:
+                        self._remember(entry)
+
+        rows = await self._submit(write, after)
+        return len(rows)
+
+    async def drop(self, ids: Sequence[str] | None, *, state: EntryState | None = None) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            if ids is not None:
+                cur = conn.execute(
+                    f"DELETE FROM queue WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
+                    [int(i) for i in ids],
+                )
+            elif state is not None:
+                cur = conn.execute("DELETE FROM queue WHERE state = ?", (state.value,))
+            else:
+                cur = conn.execute("DELETE FROM queue")
+            return int(cur.rowcount)
+
+        def after(_: int) -> None:
+            if ids is not None:
+                for entry_id in ids:
+                    self._ready.pop(str(entry_id), None)
+            elif state in (None, EntryState.PENDING):
+                self._ready.clear()
+
+        return int(await self._submit(write, after))
+
+    async def stats(self, now: float) -> QueueStats:
+        def read(conn: sqlite3.Connection) -> QueueStats:
+            pending = failed = 0
+            oldest = now
+            by_target: dict[str, int] = {}
+            for state, target, count, first in conn.execute(
+                "SELECT state, target, count(*), min(created_at) FROM queue GROUP BY state, target"
+            ):
+                if state == EntryState.PENDING.value:
+                    pending += int(count)
+                    by_target[str(target)] = int(count)
+                    oldest = min(oldest, float(first))
+                else:
+                    failed += int(count)
+            return QueueStats(pending, failed, max(0.0, now - oldest), by_target)
+
+        result: QueueStats = await self._submit(read)
+        return result
+
+    # -- presence, ids, buckets -------------------------------------------------------
+
+    async def subscriptions(self) -> list[Subscription]:
+        rows = await self._submit(
+            lambda c: c.execute(
+                "SELECT watcher, presentity, state, watcher_adapter, presentity_adapter,"
+                " expires_at, created_at, updated_at FROM subscriptions"
+                " ORDER BY presentity, watcher"
+            ).fetchall()
+        )
+        return [
+            Subscription(
+                watcher=w,
+                presentity=p,
+                state=SubscriptionState(s),
+                watcher_adapter=wa,
+                presentity_adapter=pa,
+                expires_at=None if exp is None else float(exp),
+                created_at=float(created),
+                updated_at=float(updated),
+            )
+            for w, p, s, wa, pa, exp, created, updated in rows
+        ]
+
+    async def presences(self) -> list[LastPresence]:
+        rows = await self._submit(
+            lambda c: c.execute(
+                "SELECT presentity, content_type, body, at, identity FROM presence"
+                " ORDER BY presentity"
+            ).fetchall()
+        )
+        return [
+            LastPresence(p, Payload(ct, bytes(body)), float(at), ident)
+            for p, ct, body, at, ident in rows
+        ]
+
+    async def map_id(self, namespace: str, key: str, value: str, *, now: float) -> None:
+        await self._submit(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO ids VALUES (?, ?, ?, ?)", (namespace, key, value, now)
+            )
+        )
+
+    async def lookup_id(self, namespace: str, key: str) -> str | None:
+        row = await self._submit(
+            lambda c: c.execute(
+                "SELECT value FROM ids WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def take_token(self, key: str, *, rate: float, burst: float, now: float) -> float:
+        """Buckets live in this node's memory: one SQLite store serves one node."""
+        return self._buckets.take(key, rate=rate, burst=burst, now=now)
+
+    async def maintain(self, now: float) -> None:
+        seen_horizon = now - self.dedup_window
+        id_horizon = now - self.id_ttl
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM seen WHERE at < ?", (seen_horizon,))
+            conn.execute("DELETE FROM ids WHERE at < ?", (id_horizon,))
+
+        await self._submit(write)
+
+
+def _with(entry: Entry, *, next_at: float) -> Entry:
+    return Entry(
+        id=entry.id,
+        target=entry.target,
+        envelope=entry.envelope,
+        state=entry.state,
+        attempts=entry.attempts,
+        next_at=next_at,
+        created_at=entry.created_at,
+        expires_at=entry.expires_at,
+        last_error=entry.last_error,
+    )
+
+
+__all__ = ["SqliteStore", "Synchronous", "decode_envelope", "encode_envelope"]

@@ -1,0 +1,273 @@
+"""The store protocol, on both implementations, and SQLite's durability across reopen."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from canonical.envelope import PIDF, Payload
+from gateway.presence import LastPresence, Subscription, SubscriptionState
+from gateway.store import Commit, EntryState, Outbound, Store
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore, decode_envelope, encode_envelope
+from tests.gateway.samples import message
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    made: Store = (
+        MemoryStore(dedup_window=100.0)
+        if request.param == "memory"
+        else SqliteStore(tmp_path / "q.sqlite3", dedup_window=100.0, synchronous="normal")
+    )
+    await made.open()
+    yield made
+    await made.close()
+
+
+def commit_of(text: str, at: float = 1000.0, target: str = "sip") -> Commit:
+    env = message(text=text)
+    return Commit(identity=env.identity, at=at, entries=(Outbound(target, env, at + 60),))
+
+
+def test_envelope_encoding_keeps_payload_bytes_exactly() -> None:
+    env = message(text="bin")
+    env = env.replace(payload=Payload("application/octet-stream", bytes(range(256))))
+    assert decode_envelope(*encode_envelope(env)) == env
+
+
+async def test_committed_entry_is_claimed_once(store: Store) -> None:
+    accepted = await store.commit(commit_of("one"))
+    assert not accepted.duplicate
+    assert len(accepted.ids) == 1
+    claimed = await store.claim(1000.0, 10)
+    assert [e.id for e in claimed] == list(accepted.ids)
+    assert claimed[0].envelope == message(text="one")
+    assert await store.claim(1000.0, 10) == []
+    await store.complete(claimed[0].id)
+    assert await store.entries() == []
+
+
+async def test_same_identity_within_window_is_a_duplicate(store: Store) -> None:
+    assert not (await store.commit(commit_of("x", at=1000.0))).duplicate
+    again = await store.commit(commit_of("x", at=1050.0))
+    assert again.duplicate
+    assert again.ids == ()
+    assert len(await store.entries()) == 1
+    later = await store.commit(commit_of("x", at=1200.0))
+    assert not later.duplicate
+
+
+async def test_maintain_forgets_identities_past_the_window(store: Store) -> None:
+    await store.commit(commit_of("x", at=1000.0))
+    await store.maintain(1200.0)
+    assert not (await store.commit(commit_of("x", at=1201.0))).duplicate
+
+
+async def test_rescheduled_entry_waits_until_due(store: Store) -> None:
+    await store.commit(commit_of("r"))
+    [entry] = await store.claim(1000.0, 10)
+    await store.reschedule(entry.id, next_at=1010.0, attempts=1, error="busy")
+    assert await store.next_due() == 1010.0
+    assert await store.claim(1005.0, 10) == []
+    [again] = await store.claim(1010.0, 10)
+    assert again.attempts == 1
+    assert again.last_error == "busy"
+
+
+async def test_failed_entry_is_kept_and_can_be_requeued(store: Store) -> None:
+    await store.commit(commit_of("f"))
+    [entry] = await store.claim(1000.0, 10)
+    await store.fail(entry.id, error="gone", now=1001.0)
+    [kept] = await store.entries(EntryState.FAILED)
+    assert kept.last_error == "gone"
+    stats = await store.stats(1002.0)
+    assert (stats.pending, stats.failed) == (0, 1)
+    assert await store.requeue(None, now=1003.0) == 1
+    [back] = await store.claim(1003.0, 10)
+    assert back.id == entry.id
+    assert back.attempts == 0
+
+
+async def test_drop_removes_entries_for_good(store: Store) -> None:
+    ids = [(await store.commit(commit_of(str(i)))).ids[0] for i in range(3)]
+    assert await store.drop([ids[1]]) == 1
+    claimed = await store.claim(1000.0, 10)
+    assert sorted(e.id for e in claimed) == sorted([ids[0], ids[2]])
+
+
+async def test_stats_count_pending_by_target_and_oldest_age(store: Store) -> None:
+    await store.commit(commit_of("a", at=1000.0, target="sip"))
+    await store.commit(commit_of("b", at=1010.0, target="xmpp"))
+    stats = await store.stats(1020.0)
+    assert stats.pending == 2
+    assert stats.by_target == {"sip": 1, "xmpp": 1}
+    assert stats.oldest_age == 20.0
+
+
+async def test_subscriptions_and_presence_are_committed_with_the_operation(store: Store) -> None:
+    sub = Subscription(
+        "xmpp:alice@x.example",
+        "sip:bob@s.example",
+        SubscriptionState.ACTIVE,
+        "xmpp",
+        "sip",
+        None,
+        1.0,
+        2.0,
+    )
+    pres = LastPresence("sip:bob@s.example", Payload(PIDF, b"<presence/>"), 3.0, "id1")
+    await store.commit(Commit(identity="i1", at=5.0, subscriptions=(sub,), presence=pres))
+    assert await store.subscriptions() == [sub]
+    assert await store.presences() == [pres]
+    await store.commit(Commit(identity="i2", at=6.0, ended=((sub.watcher, sub.presentity),)))
+    assert await store.subscriptions() == []
+
+
+async def test_id_map_round_trips(store: Store) -> None:
+    await store.map_id("sip", "call-1", "identity-1", now=1.0)
+    assert await store.lookup_id("sip", "call-1") == "identity-1"
+    assert await store.lookup_id("sip", "call-2") is None
+
+
+async def test_token_bucket_refuses_past_burst_and_refills(store: Store) -> None:
+    takes = [await store.take_token("k", rate=1.0, burst=2, now=100.0) for _ in range(3)]
+    assert takes[:2] == [0.0, 0.0]
+    assert takes[2] == pytest.approx(1.0)
+    assert await store.take_token("k", rate=1.0, burst=2, now=101.0) == 0.0
+
+
+async def test_sqlite_pending_entries_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    first = SqliteStore(path)
+    await first.open()
+    ids = [(await first.commit(commit_of(str(i)))).ids[0] for i in range(5)]
+    [claimed, *_] = await first.claim(1000.0, 1)
+    await first.complete(claimed.id)
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    again = await second.claim(1000.0, 10)
+    await second.close()
+    assert sorted(e.id for e in again) == sorted(ids[1:])
+
+
+async def test_sqlite_group_commit_shares_transactions(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.sqlite3")
+    await store.open()
+    before = store.batches
+    results = await asyncio.gather(*(store.commit(commit_of(str(i))) for i in range(500)))
+    batches = store.batches - before
+    await store.close()
+    assert all(not r.duplicate for r in results)
+    assert batches < 500 / 4, f"{batches} transactions for 500 concurrent commits"
+
+
+async def test_sqlite_notices_operator_changes_from_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    serving = SqliteStore(path, poll_interval=0.0)
+    await serving.open()
+    await serving.commit(commit_of("a"))
+    await serving.commit(commit_of("b"))
+    [first] = await serving.claim(1000.0, 1)
+    await serving.fail(first.id, error="x", now=1000.0)
+    operator = SqliteStore(path, serve=False)
+    await operator.open()
+    [other] = list(await operator.entries(EntryState.PENDING))
+    assert await operator.drop([other.id]) == 1
+    assert await operator.requeue([first.id], now=1001.0) == 1
+    await operator.close()
+    claimed = await serving.claim(1001.0, 10)
+    await serving.close()
+    assert [e.id for e in claimed] == [first.id]
+
+
+async def test_sqlite_refuses_a_store_of_another_schema(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
+    with pytest.raises(Exception, match="schema 99"):
+        await SqliteStore(path).open()
+
+
+# -- property: nothing acknowledged is lost across reopen -------------------------------
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["commit", "claim", "complete", "retry", "fail", "reopen"]),
+        st.integers(0, 7),
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=operations)
+def test_store_never_loses_an_acknowledged_envelope_across_reopen(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Model check: after any sequence of operations and restarts, the pending entries in
+    the file are exactly those committed (acknowledged) and not completed or failed."""
+
+    async def scenario(path: Path) -> None:
+        store = SqliteStore(path, synchronous="normal")
+        await store.open()
+        expected: dict[str, str] = {}  # entry id -> identity, pending
+        failed: set[str] = set()
+        claimed: list[str] = []
+        now = 1000.0
+        for op, n in ops:
+            now += 1.0
+            if op == "commit":
+                env = message(text=f"m{n}", received_at=now)
+                acc = await store.commit(
+                    Commit(env.identity, now, (Outbound("sip", env, now + 99),))
+                )
+                for entry_id in acc.ids:
+                    expected[entry_id] = env.identity
+            elif op == "claim":
+                claimed += [e.id for e in await store.claim(now, n + 1)]
+            elif op in ("complete", "retry", "fail") and claimed:
+                entry_id = claimed.pop(n % len(claimed))
+                if op == "complete":
+                    await store.complete(entry_id)
+                    expected.pop(entry_id)
+                elif op == "retry":
+                    await store.reschedule(entry_id, next_at=now, attempts=1, error="e")
+                else:
+                    await store.fail(entry_id, error="e", now=now)
+                    failed.add(entry_id)
+                    expected.pop(entry_id)
+            elif op == "reopen":
+                await store.close()
+                store = SqliteStore(path, synchronous="normal")
+                await store.open()
+                claimed = []
+        await store.close()
+        check = SqliteStore(path)
+        await check.open()
+        pending = {
+            e.id: e.envelope.identity for e in await check.entries(EntryState.PENDING, 10_000)
+        }
+        kept_failed = {e.id for e in await check.entries(EntryState.FAILED, 10_000)}
+        everything = await check.claim(now + 1, 10_000)
+        await check.close()
+        assert pending == expected
+        assert kept_failed == failed
+        assert {e.id for e in everything} == set(expected)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(scenario(Path(tmp) / "q.sqlite3"))
