@@ -1,22 +1,251 @@
-"""message/cpim (RFC 3862), byte-exact.  INTERFACE STUB — being implemented.
+"""message/cpim (RFC 3862), byte-exact.
 
 DESIGN.md "The canonical model": bytes are the truth, parsed fields are views.
-``bytes(parse(data)) == data`` for every accepted input.
+``bytes(parse(data)) == data`` for every accepted input, in either mode.
+
+Layout (RFC 3862 §2): an optional MIME header block (``Content-type: Message/CPIM``, the
+*entity form* that sits inside multipart/signed and in the vector files), a blank line, the
+CPIM message headers, a blank line, then the encapsulated MIME entity (its headers, a blank
+line, the body). The *body form* that SIP MESSAGE, MSRP and HTTP carry starts at the first
+CPIM header. :func:`parse` reads the entity form, :func:`parse_body` the body form.
+
+Two modes (``canonical/vectors/README.md``, "Strict and lenient modes"):
+
+- **strict** follows the collected ABNF of §3.6 (with the documented exception of a space
+  between an NS prefix and ``<``) and raises :class:`~canonical.errors.ParseError` at the
+  first fault, with a stable code, the line and the byte offset;
+- **lenient** (the relaying default) rejects only faults that make the object unusable
+  (:data:`FATAL_CODES`) and records every other violation as a
+  :class:`~canonical.errors.Defect` carrying the code strict mode would raise. The bytes
+  are kept either way.
+
+The error codes, what they mean and how to fix them are listed in :data:`ERROR_CODES` and
+:data:`HINTS` (and ``docs/cpim.md``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as _dt
+import re
+from calendar import timegm
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Final, Literal
 
-from canonical.errors import Defect
-from canonical.policy import Policy, Profile
+from canonical.errors import Defect, ParseError
+from canonical.policy import Policy, Profile, resolve
+
+__all__ = [
+    "CPIM_NS",
+    "ERROR_CODES",
+    "FATAL_CODES",
+    "HINTS",
+    "IMDN_NS",
+    "MIME_HEADER",
+    "WARNING_CODES",
+    "CpimMessage",
+    "DateTimeValue",
+    "Form",
+    "Header",
+    "Party",
+    "Requirement",
+    "Subject",
+    "build",
+    "decode_escapes",
+    "describe",
+    "encode_string",
+    "encode_value",
+    "format_datetime",
+    "parse",
+    "parse_body",
+    "parse_datetime",
+]
 
 #: RFC 3862 §3.4: the namespace of the core headers (the default namespace).
-CPIM_NS = "urn:ietf:params:cpim-headers:"
+CPIM_NS: Final = "urn:ietf:params:cpim-headers:"
+#: RFC 5438 §6.1: the namespace of the IMDN headers.
+IMDN_NS: Final = "urn:ietf:params:imdn"
+#: The MIME header block of the entity form, as RFC 3862 §2 and the vectors write it.
+MIME_HEADER: Final = b"Content-type: Message/CPIM\r\n"
 
 Form = Literal["entity", "body"]
+
+# --------------------------------------------------------------------------------------
+# Error codes (the stable identifiers; canonical/vectors/README.md "Error codes")
+# --------------------------------------------------------------------------------------
+
+#: Every code this module raises or records, with its meaning.
+ERROR_CODES: Final[dict[str, str]] = {
+    "BARE_LF": "a line in a header block ends with LF without CR (RFC 3862 §2.2)",
+    "BARE_CR": "a CR not followed by LF in a header block (RFC 3862 §2.2)",
+    "NO_BLANK_LINE": "a header block is not ended by a blank line (RFC 3862 §2)",
+    "NO_COLON": "a header line has no ':' (RFC 3862 §3.6)",
+    "EMPTY_NAME": "a header line starts with ':' (RFC 3862 §3.6, Name = 1*NAMECHAR)",
+    "SPACE_BEFORE_COLON": "whitespace between a header name and ':' (RFC 3862 §3.6)",
+    "NO_SP_AFTER_COLON": "':' (and any parameters) not followed by exactly one SP (RFC 3862 §2.2)",
+    "LEADING_WHITESPACE": "a header line starts with whitespace, e.g. RFC 822 folding "
+    "(RFC 3862 §2.2)",
+    "TRAILING_WHITESPACE": "a header line ends with whitespace (RFC 3862 §2.2)",
+    "CTL_IN_HEADER": "a raw control character in a header line (RFC 3862 §2.2, §2.3.1)",
+    "BAD_ESCAPE_IN_STRING": "an undefined escape inside a quoted String (RFC 3862 §3.6)",
+    "UNESCAPED_BACKSLASH": "a backslash that does not start a defined escape in a value "
+    "(RFC 3862 §2.3.1)",
+    "UNDEFINED_PREFIX": "a name prefix not declared by an earlier NS header (RFC 3862 §3.4)",
+    "BAD_HEADER_NAME": "a header name with characters outside NAMECHAR or more than one "
+    "'.' (RFC 3862 §3.1)",
+    "BAD_UTF8": "header bytes that are not UTF-8 (RFC 3862 §2.2, RFC 3629)",
+    "POLICY_LINE_TOO_LONG": "a header line longer than the policy's max_line_length",
+    "POLICY_MESSAGE_TOO_LARGE": "an object larger than the policy's max_message_size",
+    "POLICY_TOO_MANY_HEADERS": "a header block with more lines than the policy's max_headers",
+    "ENTITY_NO_CONTENT_TYPE": "the encapsulated MIME entity has no Content-Type (RFC 3862 §2.4)",
+    "NOT_MESSAGE_CPIM": "the MIME header block does not say Content-type: Message/CPIM "
+    "(RFC 3862 §2.1)",
+    "BAD_FORMAL_NAME": "a From/To/cc value that is not [Formal-name] <URI> (RFC 3862 §4.1)",
+    "SP_AFTER_STRING_NAME": "a space between a quoted Formal-name and '<' (RFC 3862 §3.6)",
+    "REQUIRE_SPACE": "whitespace around the commas of Require (RFC 3862 §4.7)",
+    "BAD_DATETIME": "a DateTime that is not an RFC 3339 date-time (RFC 3862 §4.4)",
+    "BAD_NS_URI": "an NS value that is not [prefix] <absolute URI> (RFC 3862 §3.4, §4.6)",
+    "BAD_LANG_TAG": "a lang parameter that is not an RFC 3066 tag (RFC 3862 §3.3)",
+    "PARAMS_NOT_ALLOWED": "parameters on a header whose syntax allows none (RFC 3862 §4)",
+    "BAD_PARAMETER": "a malformed ';name=value' parameter (RFC 3862 §3.6, Parameter)",
+    "PROFILE_REPEAT": "a header repeated that the MSRP profile allows once (RFC 4975 §13)",
+    "PROFILE_MISSING": "From or To missing under the MSRP profile (RFC 4975 §13)",
+    "DATETIME_LOWERCASE": "warning: 't'/'z' written in lower case in DateTime "
+    "(RFC 3339 §5.6 allows it; emit upper case)",
+}
+
+#: What to do about each code (the ``hint`` of a ParseError).
+HINTS: Final[dict[str, str]] = {
+    "BARE_LF": "end every header line with CRLF; convert line endings of the header blocks "
+    "only, never of the body",
+    "BARE_CR": "remove the stray CR, or write it escaped as \\r",
+    "NO_BLANK_LINE": "separate the MIME headers, the CPIM headers and the encapsulated "
+    "entity's headers from what follows by an empty line (CRLF CRLF)",
+    "NO_COLON": "write each header as 'Name: value' on one line",
+    "EMPTY_NAME": "give the header a name before the ':'",
+    "SPACE_BEFORE_COLON": "remove the whitespace between the name and ':'",
+    "NO_SP_AFTER_COLON": "write exactly one space after ':' (after the parameters, if any)",
+    "LEADING_WHITESPACE": "CPIM headers are never folded: join the line onto the previous "
+    "one and write line breaks inside a value as \\n",
+    "TRAILING_WHITESPACE": "remove the trailing whitespace, or escape a meaningful final "
+    "space as \\u0020",
+    "CTL_IN_HEADER": "write control characters escaped: \\t \\n \\r \\b or \\uXXXX",
+    "BAD_ESCAPE_IN_STRING": 'inside "..." only \\" \\\' \\\\ \\b \\t \\n \\r and \\uXXXX '
+    "are defined; write a backslash as \\\\",
+    "UNESCAPED_BACKSLASH": "double every backslash in a header value (\\\\)",
+    "UNDEFINED_PREFIX": "declare the prefix first with 'NS: prefix <uri>'",
+    "BAD_HEADER_NAME": "use only letters, digits and !#$%&'*+-^_`|~ in names, with at most "
+    "one '.' between prefix and name",
+    "BAD_UTF8": "encode header text as UTF-8 (RFC 3629)",
+    "POLICY_LINE_TOO_LONG": "send long content in the body, or raise max_line_length in the policy",
+    "POLICY_MESSAGE_TOO_LARGE": "send a smaller object, or raise max_message_size in the policy",
+    "POLICY_TOO_MANY_HEADERS": "send fewer headers, or raise max_headers in the policy",
+    "ENTITY_NO_CONTENT_TYPE": "give the encapsulated entity a Content-Type header (and "
+    "make sure the CPIM headers end with a blank line)",
+    "NOT_MESSAGE_CPIM": "start the object with 'Content-type: Message/CPIM' and a blank "
+    "line, or read a transport body with parse_body()",
+    "BAD_FORMAL_NAME": "write '<uri>', 'Name <uri>' or '\"Quoted Name\"<uri>'",
+    "SP_AFTER_STRING_NAME": "write a quoted name directly before '<' or use the token form "
+    "'Ada Lovelace <uri>'",
+    "REQUIRE_SPACE": "separate Require names with ',' only ('A.x,B.y')",
+    "BAD_DATETIME": "write an RFC 3339 date-time such as 2024-03-05T09:30:12Z",
+    "BAD_NS_URI": "write 'NS: prefix <absolute-uri>' or 'NS: <absolute-uri>' (no fragment)",
+    "BAD_LANG_TAG": "use an RFC 3066 language tag such as en or en-GB (hyphen, not underscore)",
+    "PARAMS_NOT_ALLOWED": "remove the parameters (Subject takes only ;lang=)",
+    "BAD_PARAMETER": 'write parameters as ;name=token or ;name="string" before the space',
+    "PROFILE_REPEAT": "MSRP allows only NS, To and cc to repeat: send one header",
+    "PROFILE_MISSING": "MSRP requires From and To in every CPIM message",
+    "DATETIME_LOWERCASE": "write 'T' and 'Z' in upper case",
+}
+
+#: Codes fatal in every mode: the object cannot be used (or exceeds a policy limit).
+FATAL_CODES: Final = frozenset(
+    {
+        "BARE_LF",
+        "BARE_CR",
+        "NO_BLANK_LINE",
+        "NO_COLON",
+        "EMPTY_NAME",
+        "BAD_UTF8",
+        "NOT_MESSAGE_CPIM",
+        "ENTITY_NO_CONTENT_TYPE",
+        "POLICY_LINE_TOO_LONG",
+        "POLICY_MESSAGE_TOO_LARGE",
+        "POLICY_TOO_MANY_HEADERS",
+    }
+)
+#: Codes that are observations, never fatal, even in strict mode.
+WARNING_CODES: Final = frozenset({"DATETIME_LOWERCASE"})
+
+# --------------------------------------------------------------------------------------
+# Grammar (RFC 3862 §3.6) as precompiled patterns
+# --------------------------------------------------------------------------------------
+
+_NC = r"!#$%&'*+\-0-9A-Za-z^_`|~"  # NAMECHAR
+_TC = _NC + r".\u0080-\U0010ffff"  # TOKENCHAR = NAMECHAR / "." / UCS-high
+_STR_BODY = r'(?:[^"\\\x00-\x1f\x7f]|\\.)*'  # String content, escapes checked apart
+_PARAMS = rf'(?:;[{_NC}]+=(?:[{_TC}]+|"{_STR_BODY}"))*'
+
+# A header line with nothing to report (the common case): name, params, SP, value with no
+# control character and no trailing whitespace. Groups: name, prefix, local, params, value.
+_CLEAN_LINE = re.compile(
+    rf"((?:([{_NC}]+)\.)?([{_NC}]+)):({_PARAMS}) ([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])"
+)
+_NAME = re.compile(rf"(?:([{_NC}]+)\.)?([{_NC}]+)")
+_CTL = re.compile(r"[\x00-\x1f\x7f]")
+_PARAM_NAME = re.compile(rf"[{_NC}]*")
+_TOKEN = re.compile(rf"[{_TC}]*")
+_STRING_TAIL = re.compile(rf'({_STR_BODY})"')
+# Escapes (§2.3), consumed left to right: ``\uXXXX``, or a backslash and one character
+# (none at the end of the text).
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.?)", re.S)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPE_CHARS: Final = {
+    "b": "\b",
+    "t": "\t",
+    "n": "\n",
+    "r": "\r",
+    '"': '"',
+    "'": "'",
+    "\\": "\\",
+}
+# RFC 3066 §2.1 Language-Tag.
+_LANG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
+# From/To/cc (§4.1-4.3): [ Formal-name ] "<" URI ">"; Formal-name = 1*( Token SP ) / String.
+_PARTY = re.compile(rf'(?:((?:[{_TC}]+ )+)|"({_STR_BODY})"( *))?<([^<>]*)>')
+# RFC 3986 absolute-URI (RFC 2396 absoluteURI): scheme ":" then URI characters, no fragment.
+_URI = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+)
+# NS (§4.6): [ Name-prefix ] "<" URI ">", also with the SP every RFC example writes.
+_NS_VALUE = re.compile(rf"(?:([{_NC}]+) ?)?<([^<>]*)>")
+# Require (§4.7): Header-name *( "," Header-name ), no whitespace.
+_HEADER_NAME = rf"[{_NC}]+(?:\.[{_NC}]+)?"
+_REQUIRE = re.compile(rf"{_HEADER_NAME}(?:,{_HEADER_NAME})*")
+_REQUIRE_SPACED = re.compile(rf"{_HEADER_NAME}(?:[ \t]*,[ \t]*{_HEADER_NAME})*")
+# RFC 3339 §5.6 date-time (T and Z may be lower case, §5.6 NOTE).
+_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})([Tt])(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+# A bare LF or a bare CR (structure faults in a header block).
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+# MIME header field names (RFC 5322 §3.6.8 ftext).
+_MIME_NAME = re.compile(r"[!-9;-~]+")
+
+_CANONICAL_MIME: Final = MIME_HEADER + b"\r\n"
+_CANONICAL_MIME_HEADERS: Final = (("Content-type", " Message/CPIM"),)
+_PARTY_HEADERS: Final = frozenset({"From", "To", "cc"})
+# RFC 3862 §4: headers whose syntax has no parameters (Subject has its own rule).
+_NO_PARAMS: Final = frozenset({"From", "To", "cc", "DateTime", "NS", "Require"})
+# RFC 4975 §13: of the core headers only NS, To and cc may repeat.
+_MSRP_ONCE: Final = ("From", "DateTime", "Subject", "Require")
+_DAYS: Final = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+# --------------------------------------------------------------------------------------
+# Value types
+# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +254,25 @@ class Party:
 
     formal_name: str | None
     uri: str
+
+    def encode(self) -> str:
+        """The header value text: ``<uri>``, ``Name <uri>`` or ``"Quoted"<uri>`` (§3.6).
+
+        A name that is a sequence of Tokens separated by single spaces is written as tokens
+        (``Ada Lovelace <im:...>``); anything else as a String directly before ``<``, which
+        is the only form the ABNF allows for a quoted name.
+        """
+        if not _URI.fullmatch(self.uri):
+            raise ValueError(f"not an absolute URI: {self.uri!r} (RFC 3862 §4.1)")
+        name = self.formal_name
+        if not name:
+            return f"<{self.uri}>"
+        if all(_TOKEN_ONLY.fullmatch(part) for part in name.split(" ")):
+            return f"{name} <{self.uri}>"
+        return f"{encode_string(name)}<{self.uri}>"
+
+
+_TOKEN_ONLY = re.compile(rf"[{_TC}]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +292,32 @@ class DateTimeValue:
 
     def timestamp(self) -> float:
         """POSIX seconds (a leap second counts as :59.999999)."""
-        raise NotImplementedError
+        offset = self.offset_minutes or 0
+        if self.second == 60:
+            base = timegm((self.year, self.month, self.day, self.hour, self.minute, 59))
+            return base - offset * 60 + 0.999999
+        base = timegm((self.year, self.month, self.day, self.hour, self.minute, self.second))
+        frac = int(self.fraction) / 10 ** len(self.fraction) if self.fraction else 0.0
+        return base - offset * 60 + frac
 
 
 @dataclass(frozen=True, slots=True)
+class Subject:
+    """One Subject header (RFC 3862 §4.5): its language tag (None: untagged) and text."""
+
+    lang: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """One name listed by Require (RFC 3862 §3.5), resolved through NS at that line."""
+
+    name: str
+    namespace: str | None
+    local: str
+
+
 class Header:
     """One CPIM message header line (RFC 3862 §3), exactly as written.
 
@@ -56,29 +326,142 @@ class Header:
     ``(name, decoded value)`` pairs; ``value_raw`` is the text after ``": "`` undecoded;
     ``value`` is decoded per §2.3; ``raw`` is the line including its CRLF; ``line`` is
     1-based within the parsed data and ``offset`` is the byte offset of the line.
+
+    ``params`` and ``value`` are decoded on first use; a Header cannot be changed.
     """
 
-    name: str
-    prefix: str | None
-    local: str
-    namespace: str | None
-    params: tuple[tuple[str, str], ...]
-    value_raw: str
-    value: str
-    raw: bytes
-    line: int
-    offset: int
+    __slots__ = (
+        "_data",
+        "_end",
+        "_line",
+        "_local",
+        "_name",
+        "_namespace",
+        "_offset",
+        "_params",
+        "_params_text",
+        "_prefix",
+        "_value_raw",
+    )
+
+    def __init__(  # noqa: PLR0917 - internal, hot path
+        self,
+        name: str,
+        prefix: str | None,
+        local: str,
+        namespace: str | None,
+        params_text: str,
+        value_raw: str,
+        data: bytes,
+        line: int,
+        offset: int,
+        end: int,
+    ) -> None:
+        self._name = name
+        self._prefix = prefix
+        self._local = local
+        self._namespace = namespace
+        self._params_text = params_text
+        self._value_raw = value_raw
+        self._data = data
+        self._line = line
+        self._offset = offset
+        self._end = end
+        self._params: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def name(self) -> str:
+        """The name as written, prefix included (``imdn.Message-ID``)."""
+        return self._name
+
+    @property
+    def prefix(self) -> str | None:
+        """The namespace prefix as written, or None."""
+        return self._prefix
+
+    @property
+    def local(self) -> str:
+        """The name without its prefix."""
+        return self._local
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace URI resolved through NS (RFC 3862 §3.4); None: undefined prefix."""
+        return self._namespace
+
+    @property
+    def value_raw(self) -> str:
+        """The value text after ``": "``, undecoded."""
+        return self._value_raw
+
+    @property
+    def line(self) -> int:
+        """1-based line number in the parsed data."""
+        return self._line
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the line in the parsed data."""
+        return self._offset
+
+    @property
+    def params_raw(self) -> str:
+        """The parameter text between ``:`` and the SP, as written (``;lang=fr``)."""
+        return self._params_text
+
+    @property
+    def params(self) -> tuple[tuple[str, str], ...]:
+        """``(name, decoded value)`` pairs in order (RFC 3862 §3.6 Parameter)."""
+        if self._params is None:
+            self._params = _read_params(self._params_text, None, 0, 0) if self._params_text else ()
+        return self._params
+
+    @property
+    def value(self) -> str:
+        """The value decoded per RFC 3862 §2.3 (escapes resolved)."""
+        raw = self._value_raw
+        return decode_escapes(raw) if "\\" in raw else raw
+
+    @property
+    def raw(self) -> bytes:
+        """The header's bytes, CRLF included (continuation lines too, lenient mode)."""
+        return self._data[self._offset : self._end]
 
     @property
     def lang(self) -> str | None:
         """The ``lang`` parameter, if any (RFC 3862 §3.3)."""
-        raise NotImplementedError
+        if not self._params_text:
+            return None
+        for key, val in self.params:
+            if key == "lang":
+                return val
+        return None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Header):
+            return NotImplemented
+        return (self.raw, self._offset, self._line, self._namespace) == (
+            other.raw,
+            other._offset,
+            other._line,
+            other._namespace,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self._offset))
+
+    def __repr__(self) -> str:
+        return f"Header({self._name!r}, {self._value_raw!r}, line={self._line})"
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
-    lang: str | None
-    text: str
+# A header as the scanner records it (cheap to make; Header objects are built on demand):
+# name, prefix, local, namespace, params_text, value_raw, line, offset, end.
+_Record = tuple[str, str | None, str, str | None, str, str, int, int, int]
+
+
+# --------------------------------------------------------------------------------------
+# The message
+# --------------------------------------------------------------------------------------
 
 
 class CpimMessage:
@@ -87,36 +470,274 @@ class CpimMessage:
     Attributes: ``raw``, ``form`` ("entity" or "body"), ``mime_headers`` (entity form: the
     outer ``(name, raw value)`` pairs), ``headers`` (tuple[Header] in source order),
     ``entity_headers`` (``(name, raw value)`` as MIME keeps them, leading space included),
-    ``body_offset``, ``body`` (bytes), ``defects`` (tuple[Defect]).
+    ``body_offset``, ``body`` (bytes), ``defects`` (tuple[Defect]), ``policy``.
 
     Views: ``sender`` (Party | None), ``to``/``cc`` (tuple[Party]), ``datetime``
     (DateTimeValue | None), ``subjects`` (tuple[Subject]), ``subject(lang)``,
     ``namespaces`` (dict prefix|None -> URI, final state), ``require`` (tuple[str]),
-    ``content_type`` (entity Content-Type value, stripped), ``find(local, namespace)``.
+    ``requirements``, ``content_type`` (entity Content-Type value, stripped),
+    ``dispositions`` (IMDN), ``find(local, namespace)``.
+
+    Two messages are equal when they have the same bytes and the same form.
+    Make one with :func:`parse`, :func:`parse_body` or :func:`build`.
     """
 
-    raw: bytes
-    form: Form
-    headers: tuple[Header, ...]
-    entity_headers: tuple[tuple[str, str], ...]
-    body_offset: int
-    body: bytes
-    defects: tuple[Defect, ...]
+    __slots__ = (
+        "_body",
+        "_body_offset",
+        "_data",
+        "_defects",
+        "_entity_headers",
+        "_form",
+        "_headers",
+        "_headers_offset",
+        "_mime_headers",
+        "_namespaces",
+        "_parties",
+        "_policy",
+        "_records",
+        "_views",
+    )
+
+    def __init__(  # noqa: PLR0917 - internal, hot path
+        self,
+        data: bytes,
+        form: Form,
+        policy: Policy,
+        mime_headers: tuple[tuple[str, str], ...],
+        headers_offset: int,
+        records: list[_Record],
+        namespaces: dict[str | None, str],
+        parties: dict[int, Party],
+        entity_headers: tuple[tuple[str, str], ...],
+        body_offset: int,
+        defects: tuple[Defect, ...],
+    ) -> None:
+        """Internal: use :func:`parse`, :func:`parse_body` or :func:`build`."""
+        self._data = data
+        self._form = form
+        self._policy = policy
+        self._mime_headers = mime_headers
+        self._headers_offset = headers_offset
+        self._records = records
+        self._namespaces = namespaces
+        self._parties = parties
+        self._entity_headers = entity_headers
+        self._body_offset = body_offset
+        self._defects = defects
+        self._headers: tuple[Header, ...] | None = None
+        self._body: bytes | None = None
+        self._views: dict[str, Any] = {}
+
+    # -- bytes and structure ------------------------------------------------------------
+
+    @property
+    def raw(self) -> bytes:
+        """The exact bytes parsed (``bytes(msg)`` gives the same)."""
+        return self._data
+
+    @property
+    def form(self) -> Form:
+        """``"entity"`` (starts with the MIME header block) or ``"body"``."""
+        return self._form
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the message was read with (edits re-read with it)."""
+        return self._policy
+
+    @property
+    def mime_headers(self) -> tuple[tuple[str, str], ...]:
+        """The outer MIME headers ``(name, raw value)`` (entity form; empty for a body)."""
+        return self._mime_headers
+
+    @property
+    def headers_offset(self) -> int:
+        """Byte offset of the first CPIM header (where the body form starts)."""
+        return self._headers_offset
+
+    @property
+    def entity_headers(self) -> tuple[tuple[str, str], ...]:
+        """The encapsulated entity's headers ``(name, raw value)`` as MIME keeps them."""
+        return self._entity_headers
+
+    @property
+    def body_offset(self) -> int:
+        """Byte offset of the body (after the entity's blank line)."""
+        return self._body_offset
+
+    @property
+    def defects(self) -> tuple[Defect, ...]:
+        """Violations accepted in lenient mode, and warnings (:data:`WARNING_CODES`)."""
+        return self._defects
 
     def __bytes__(self) -> bytes:
-        return self.raw
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CpimMessage):
+            return NotImplemented
+        return self._form == other._form and self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash((self._form, self._data))
+
+    def __repr__(self) -> str:
+        return (
+            f"<CpimMessage {self._form} form, {len(self._records)} headers, "
+            f"{len(self._data) - self._body_offset} body bytes, {len(self._defects)} defects>"
+        )
+
+    @property
+    def headers(self) -> tuple[Header, ...]:
+        """The CPIM message headers in source order."""
+        if self._headers is None:
+            data = self._data
+            self._headers = tuple(
+                Header(r[0], r[1], r[2], r[3], r[4], r[5], data, r[6], r[7], r[8])
+                for r in self._records
+            )
+        return self._headers
+
+    @property
+    def body(self) -> bytes:
+        """The encapsulated entity's body: every byte after its blank line."""
+        if self._body is None:
+            self._body = self._data[self._body_offset :]
+        return self._body
+
+    # -- views ----------------------------------------------------------------------------
+
+    @property
+    def sender(self) -> Party | None:
+        """The first From header (RFC 3862 §4.1), or None."""
+        for i, r in enumerate(self._records):
+            if r[2] == "From" and r[3] == CPIM_NS:
+                return self._parties[i]
+        return None
+
+    @property
+    def to(self) -> tuple[Party, ...]:
+        """Every To header in order (RFC 3862 §4.2)."""
+        parties = self._parties
+        return tuple(
+            parties[i] for i, r in enumerate(self._records) if r[2] == "To" and r[3] == CPIM_NS
+        )
+
+    @property
+    def cc(self) -> tuple[Party, ...]:
+        """Every cc header in order (RFC 3862 §4.3)."""
+        parties = self._parties
+        return tuple(
+            parties[i] for i, r in enumerate(self._records) if r[2] == "cc" and r[3] == CPIM_NS
+        )
+
+    @property
+    def datetime(self) -> DateTimeValue | None:
+        """The first DateTime header (RFC 3862 §4.4), or None (also when malformed)."""
+        for r in self._records:
+            if r[2] == "DateTime" and r[3] == CPIM_NS:
+                return parse_datetime(r[5])
+        return None
+
+    @property
+    def subjects(self) -> tuple[Subject, ...]:
+        """Every Subject header in order with its language (RFC 3862 §4.5, §3.3)."""
+        return tuple(Subject(h.lang, h.value) for h in self.find("Subject"))
+
+    def subject(self, lang: str | None = None) -> str | None:
+        """The Subject text best matching ``lang`` (RFC 3066 tags compare case-insensitively).
+
+        Order of preference: the exact tag; a tag with the same primary subtag (``en`` for
+        ``en-GB`` and the other way); the untagged Subject; the first Subject. With
+        ``lang=None``: the untagged Subject, else the first. None when there is no Subject.
+        """
+        subjects = self.subjects
+        if not subjects:
+            return None
+        if lang is not None:
+            want = lang.lower()
+            for s in subjects:
+                if s.lang is not None and s.lang.lower() == want:
+                    return s.text
+            primary = want.split("-")[0]
+            for s in subjects:
+                if s.lang is not None and s.lang.lower().split("-")[0] == primary:
+                    return s.text
+        for s in subjects:
+            if s.lang is None:
+                return s.text
+        return subjects[0].text
+
+    @property
+    def namespaces(self) -> dict[str | None, str]:
+        """Prefix -> URI bindings after the last header (None: the default namespace)."""
+        return dict(self._namespaces)
+
+    @property
+    def requirements(self) -> tuple[Requirement, ...]:
+        """Every name listed by the core Require headers, resolved (RFC 3862 §3.5)."""
+        found: tuple[Requirement, ...] | None = self._views.get("require")
+        if found is None:
+            items: list[Requirement] = []
+            bindings: dict[str | None, str] = {None: CPIM_NS}
+            for r in self._records:
+                if r[3] != CPIM_NS:
+                    continue
+                if r[2] == "NS":
+                    binding = _read_ns(r[5])
+                    if binding is not None:
+                        bindings[binding[0]] = binding[1]
+                elif r[2] == "Require":
+                    items.extend(_read_require(r[5], bindings))
+            found = self._views["require"] = tuple(items)
+        return found
+
+    @property
+    def require(self) -> tuple[str, ...]:
+        """The names listed by Require, as written (RFC 3862 §4.7)."""
+        return tuple(r.name for r in self.requirements)
+
+    @property
+    def content_type(self) -> str | None:
+        """The encapsulated entity's Content-Type value, unfolded and stripped."""
+        for name, value in self._entity_headers:
+            if name.lower() == "content-type":
+                return value.replace("\r\n", "").strip()
+        return None
+
+    @property
+    def dispositions(self) -> tuple[str, ...]:
+        """The IMDN Disposition-Notification tokens (RFC 5438 §6.3), lower-cased."""
+        for h in self.find("Disposition-Notification", IMDN_NS):
+            return tuple(t.strip().lower() for t in h.value.split(",") if t.strip())
+        return ()
 
     def find(self, local: str, namespace: str = CPIM_NS) -> tuple[Header, ...]:
         """Headers whose resolved (namespace, local name) match, in source order."""
-        raise NotImplementedError
+        picks = [i for i, r in enumerate(self._records) if r[2] == local and r[3] == namespace]
+        if not picks:
+            return ()
+        headers = self.headers
+        return tuple(headers[i] for i in picks)
+
+    # -- forms and edits --------------------------------------------------------------------
 
     def to_body(self) -> bytes:
         """The body form (first CPIM header to the end), as a SIP MESSAGE body carries it."""
-        raise NotImplementedError
+        return self._data[self._headers_offset :]
 
-    def to_entity(self, mime_header: bytes = b"Content-type: Message/CPIM\r\n") -> bytes:
-        """The entity form; for an entity-form message, its own bytes unchanged."""
-        raise NotImplementedError
+    def to_entity(self, mime_header: bytes = MIME_HEADER) -> bytes:
+        """The entity form; for an entity-form message, its own bytes unchanged.
+
+        ``mime_header`` is the MIME header block (without the blank line) put in front of a
+        body-form message; each of its lines ends with CRLF.
+        """
+        if self._form == "entity":
+            return self._data
+        if not mime_header.endswith(b"\r\n") or b"\r\n\r\n" in mime_header:
+            raise ValueError("mime_header must be header lines, each ending with CRLF")
+        return mime_header + b"\r\n" + self._data
 
     def with_header(
         self,
@@ -127,35 +748,965 @@ class CpimMessage:
         index: int | None = None,
     ) -> CpimMessage:
         """A new message with one header added (value escaped per §2.3); every other byte
-        identical. ``index`` is the position among the headers (default: after the last)."""
-        raise NotImplementedError
+        identical. ``index`` is the position among the headers (default: after the last).
+
+        The result is read again with this message's policy. To change a *signed* object,
+        wrap it in a new one instead (RFC 3862 §6).
+        """
+        line = _encode_header(name, value, params)
+        count = len(self._records)
+        if index is None or index == count:
+            at = self._records[-1][8] if self._records else self._headers_offset
+        elif 0 <= index < count:
+            at = self._records[index][7]
+        else:
+            raise IndexError(f"header index {index} out of range 0..{count}")
+        return _parse(self._data[:at] + line + self._data[at:], self._form, self._policy)
 
     def without_header(self, name: str, *, occurrence: int | None = None) -> CpimMessage:
         """A new message without the header(s) named exactly ``name`` (all, or the
-        ``occurrence``-th, 0-based); every other byte identical."""
-        raise NotImplementedError
+        ``occurrence``-th, 0-based); every other byte identical.
+
+        Without ``occurrence`` and with no such header, the message itself is returned;
+        an ``occurrence`` that does not exist raises IndexError.
+        """
+        spans = [(r[7], r[8]) for r in self._records if r[0] == name]
+        if occurrence is not None:
+            if not 0 <= occurrence < len(spans):
+                raise IndexError(f"no occurrence {occurrence} of header {name!r}")
+            spans = [spans[occurrence]]
+        if not spans:
+            return self
+        parts = []
+        pos = 0
+        for start, end in spans:
+            parts.append(self._data[pos:start])
+            pos = end
+        parts.append(self._data[pos:])
+        return _parse(b"".join(parts), self._form, self._policy)
+
+
+# --------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------
 
 
 def parse(
     data: bytes,
     *,
-    strict: bool = False,
+    strict: bool | None = None,
     profile: Profile | None = None,
     policy: Policy | None = None,
 ) -> CpimMessage:
-    """Parse a whole MIME entity starting with the ``Content-type: Message/CPIM`` block."""
-    raise NotImplementedError
+    """Parse a whole MIME entity starting with the ``Content-type: Message/CPIM`` block.
+
+    ``strict`` and ``profile`` override the ``policy`` (default: lenient, no profile).
+    Raises :class:`~canonical.errors.ParseError`; see the module docstring for the modes.
+    """
+    return _parse(_as_bytes(data), "entity", resolve(policy, strict=strict, profile=profile))
 
 
 def parse_body(
     data: bytes,
     *,
-    strict: bool = False,
+    strict: bool | None = None,
     profile: Profile | None = None,
     policy: Policy | None = None,
 ) -> CpimMessage:
     """Parse a transport body (starts at the first CPIM header, RFC 3862 §2 via SIP/MSRP)."""
-    raise NotImplementedError
+    return _parse(_as_bytes(data), "body", resolve(policy, strict=strict, profile=profile))
+
+
+def _as_bytes(data: bytes) -> bytes:
+    if type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"message/cpim is parsed from bytes, not {type(data).__name__}")
+
+
+class _Faults:
+    """Collects defects; raises at once in strict mode (and always for fatal codes)."""
+
+    __slots__ = ("data", "items", "strict")
+
+    def __init__(self, data: bytes, strict: bool) -> None:
+        self.data = data
+        self.strict = strict
+        self.items: list[Defect] = []
+
+    def add(self, code: str, detail: str, offset: int, line: int | None = None) -> None:
+        if code in FATAL_CODES or (self.strict and code not in WARNING_CODES):
+            raise self.fatal(code, detail, offset, line)
+        if line is None:
+            line = self.data.count(b"\n", 0, offset) + 1
+        self.items.append(Defect(code, detail, offset, line))
+
+    def fatal(self, code: str, detail: str, offset: int, line: int | None = None) -> ParseError:
+        if line is None:
+            line = self.data.count(b"\n", 0, offset) + 1
+        return ParseError(code, detail, line=line, offset=offset, hint=HINTS.get(code, ""))
+
+
+def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
+    size = len(data)
+    faults = _Faults(data, policy.strict)
+    if size > policy.max_message_size:
+        raise faults.fatal(
+            "POLICY_MESSAGE_TOO_LARGE",
+            f"object of {size} bytes exceeds max_message_size {policy.max_message_size}",
+            policy.max_message_size,
+        )
+    # 1. The outer MIME header block (entity form only; RFC 3862 §2.1).
+    mime_headers: tuple[tuple[str, str], ...] = ()
+    h0 = 0
+    first_line = 1
+    if form == "entity":
+        if data.startswith(_CANONICAL_MIME):
+            mime_headers = _CANONICAL_MIME_HEADERS
+            h0 = len(_CANONICAL_MIME)
+            first_line = 3
+        else:
+            if data.startswith(b"\r\n") or not data:
+                raise faults.fatal(
+                    "NOT_MESSAGE_CPIM",
+                    "no 'Content-type: Message/CPIM' header block before the first blank line",
+                    0,
+                    1,
+                )
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                raise _missing_blank(faults, 0, "the MIME header block", None)
+            mime_headers = _read_mime_block(data, 0, end, 1, faults, policy, "MIME header")
+            _check_outer_type(mime_headers, faults)
+            h0 = end + 4
+            first_line = data.count(b"\n", 0, h0) + 1
+    # 2. The CPIM header block (RFC 3862 §2.2).
+    if data.startswith(b"\r\n", h0):
+        h_end = h0  # empty block: the blank line follows at once (vector 027)
+        e0 = h0 + 2
+    else:
+        h_end = data.find(b"\r\n\r\n", h0)
+        if h_end < 0:
+            raise _missing_blank(faults, h0, "the CPIM header block", None)
+        e0 = h_end + 4
+    # 3. The encapsulated entity's header block (RFC 3862 §2.4).
+    if e0 >= size:
+        raise faults.fatal(
+            "ENTITY_NO_CONTENT_TYPE",
+            "the object ends after the CPIM headers: there is no encapsulated MIME entity",
+            size,
+        )
+    if data.startswith(b"\r\n", e0):
+        e_end = e0
+        body_offset = e0 + 2
+    else:
+        e_end = data.find(b"\r\n\r\n", e0)
+        if e_end < 0:
+            raise _missing_blank(
+                faults,
+                e0,
+                "the encapsulated entity's header block",
+                _blank_line_clue(data, mime_headers, h0, h_end),
+            )
+        body_offset = e_end + 4
+    # Everything before the body is CRLF-delimited lines.
+    bare = _BARE.search(data, 0, e_end)
+    if bare is not None:
+        raise _bare_fault(faults, bare.start())
+    records, namespaces, parties = _read_cpim_block(data, h0, h_end, first_line, faults, policy)
+    entity_headers: tuple[tuple[str, str], ...] = ()
+    if e_end > e0:
+        e_line = data.count(b"\n", 0, e0) + 1
+        entity_headers = _read_mime_block(data, e0, e_end, e_line, faults, policy, "entity header")
+    if not any(name.lower() == "content-type" for name, _ in entity_headers):
+        detail = "the encapsulated MIME entity has no Content-Type header"
+        clue = _blank_line_clue(data, mime_headers, h0, h_end)
+        raise faults.fatal("ENTITY_NO_CONTENT_TYPE", detail + (clue[1] if clue else ""), e0)
+    if policy.profile == "msrp":
+        _check_msrp(records, faults, h_end + 2 if h_end > h0 else h0)
+    return CpimMessage(
+        data,
+        form,
+        policy,
+        mime_headers,
+        h0,
+        records,
+        namespaces,
+        parties,
+        entity_headers,
+        body_offset,
+        tuple(faults.items),
+    )
+
+
+def _bare_fault(faults: _Faults, at: int) -> ParseError:
+    if faults.data[at] == 0x0A:
+        return faults.fatal("BARE_LF", "line ends with LF without CR", at)
+    return faults.fatal("BARE_CR", "CR not followed by LF inside a header block", at)
+
+
+_CPIM_LINE = re.compile(rb"(?:^|\r\n)((?:From|To|cc|NS|DateTime|Subject|Require):)")
+
+
+def _blank_line_clue(
+    data: bytes, mime_headers: tuple[tuple[str, str], ...], h0: int, h_end: int
+) -> tuple[int, str] | None:
+    """Where a blank line is probably missing: CPIM headers inside the MIME block
+    (vector i004), or a Content-Type ending the CPIM block (RFC 5438 / 4975 examples, i003)."""
+    if any(name in _CORE_NAMES for name, _ in mime_headers):
+        m = _CPIM_LINE.search(data, 0, h0)
+        at = m.start(1) if m is not None else 0
+        return at, (
+            "; the MIME header block contains CPIM headers: the blank line after "
+            "'Content-type: Message/CPIM' is missing"
+        )
+    if h_end > h0:
+        last = data.rfind(b"\r\n", h0, h_end)
+        start = last + 2 if last >= 0 else h0
+        if data[start:h_end].lower().startswith(b"content-type:"):
+            return start, (
+                "; the CPIM header block ends with a Content-Type header: the blank line "
+                "between the CPIM headers and the encapsulated entity is missing"
+            )
+    return None
+
+
+def _missing_blank(
+    faults: _Faults, start: int, what: str, clue: tuple[int, str] | None
+) -> ParseError:
+    """The fault for a header block that never ends: a bare LF/CR if there is one (it hides
+    the blank line), else NO_BLANK_LINE with the likely place."""
+    bare = _BARE.search(faults.data, start)
+    if bare is not None:
+        return _bare_fault(faults, bare.start())
+    detail = f"{what} is not followed by a blank line"
+    if clue is not None:
+        return faults.fatal("NO_BLANK_LINE", detail + clue[1], clue[0])
+    return faults.fatal("NO_BLANK_LINE", detail, len(faults.data))
+
+
+def _check_outer_type(mime_headers: tuple[tuple[str, str], ...], faults: _Faults) -> None:
+    for name, value in mime_headers:
+        if name.lower() == "content-type":
+            media = value.replace("\r\n", "").split(";", 1)[0].strip()
+            if media.lower() == "message/cpim":
+                return
+            raise faults.fatal(
+                "NOT_MESSAGE_CPIM", f"the MIME Content-Type is {media!r}, not Message/CPIM", 0, 1
+            )
+    raise faults.fatal("NOT_MESSAGE_CPIM", "the MIME header block has no Content-Type", 0, 1)
+
+
+def _decode_block(data: bytes, start: int, end: int, faults: _Faults) -> str:
+    try:
+        return data[start:end].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = start + exc.start
+        bad = data[at : at + max(1, min(4, exc.end - exc.start))].hex(" ")
+        raise faults.fatal("BAD_UTF8", f"invalid UTF-8 ({exc.reason}): bytes {bad}", at) from None
+
+
+def _byte_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _check_block_limits(  # noqa: PLR0917 - internal, hot path
+    lines: list[str], block_size: int, start: int, first_line: int, faults: _Faults, policy: Policy
+) -> None:
+    if len(lines) > policy.max_headers:
+        raise faults.fatal(
+            "POLICY_TOO_MANY_HEADERS",
+            f"{len(lines)} lines in one header block exceed max_headers {policy.max_headers}",
+            start,
+            first_line,
+        )
+    limit = policy.max_line_length
+    if block_size <= limit:
+        return
+    offset = start
+    for i, line in enumerate(lines):
+        size = _byte_len(line)
+        if size > limit:
+            raise faults.fatal(
+                "POLICY_LINE_TOO_LONG",
+                f"header line of {size} bytes exceeds max_line_length {limit}",
+                offset,
+                first_line + i,
+            )
+        offset += size + 2
+
+
+def _read_mime_block(  # noqa: PLR0917 - internal, hot path
+    data: bytes,
+    start: int,
+    end: int,
+    first_line: int,
+    faults: _Faults,
+    policy: Policy,
+    what: str,
+) -> tuple[tuple[str, str], ...]:
+    """A MIME header block (RFC 5322 §2.2 rules: folding allowed, names compared without
+    case). Returns ``(name, raw value)`` pairs; the raw value is everything after the
+    colon, continuation lines included with their CRLF, as MIME keeps it."""
+    text = _decode_block(data, start, end, faults)
+    lines = text.split("\r\n")
+    _check_block_limits(lines, end - start, start, first_line, faults, policy)
+    headers: list[list[str]] = []
+    offset = start
+    for i, line in enumerate(lines):
+        number = first_line + i
+        if line[:1] in (" ", "\t"):
+            if headers:
+                headers[-1][1] += "\r\n" + line
+            else:
+                faults.add(
+                    "LEADING_WHITESPACE",
+                    f"the {what} block starts with a continuation line",
+                    offset,
+                    number,
+                )
+        else:
+            colon = line.find(":")
+            if colon < 0:
+                raise faults.fatal(
+                    "NO_COLON", f"{what} line {_clip(line)!r} has no ':'", offset, number
+                )
+            if colon == 0:
+                raise faults.fatal("EMPTY_NAME", f"{what} line starts with ':'", offset, number)
+            name = line[:colon]
+            if not _MIME_NAME.fullmatch(name):
+                faults.add("BAD_HEADER_NAME", f"{what} name {name!r} is not valid", offset, number)
+            headers.append([name, line[colon + 1 :]])
+        offset += _byte_len(line) + 2
+    return tuple((h[0], h[1]) for h in headers)
+
+
+def _read_cpim_block(  # noqa: PLR0917 - internal, hot path
+    data: bytes,
+    start: int,
+    end: int,
+    first_line: int,
+    faults: _Faults,
+    policy: Policy,
+) -> tuple[list[_Record], dict[str | None, str], dict[int, Party]]:
+    """The CPIM message headers (RFC 3862 §3): one record per header, NS resolved in
+    order (§3.4), core headers checked (§4). Returns the records, the final bindings and
+    the From/To/cc values by record index."""
+    namespaces: dict[str | None, str] = {None: CPIM_NS}
+    parties: dict[int, Party] = {}
+    records: list[_Record] = []
+    if end <= start:
+        return records, namespaces, parties
+    text = _decode_block(data, start, end, faults)
+    lines = text.split("\r\n")
+    ascii_only = len(text) == end - start
+    _check_block_limits(lines, end - start, start, first_line, faults, policy)
+    clean = _CLEAN_LINE.fullmatch
+    checks = _CORE_CHECKS
+    default = CPIM_NS
+    offset = start
+    number = first_line
+    for line in lines:
+        size = len(line) if ascii_only else _byte_len(line)
+        m = clean(line)
+        if m is not None:
+            name, prefix, local, params_text, value = m.groups()
+        elif line[:1] in (" ", "\t") and records:
+            # RFC 822 folding (i008): lenient mode reads it as a continuation.
+            faults.add(
+                "LEADING_WHITESPACE",
+                "header line starts with whitespace (CPIM headers are never folded)",
+                offset,
+                number,
+            )
+            last = records[-1]
+            records[-1] = (*last[:5], last[5] + "\r\n" + line, last[6], last[7], offset + size + 2)
+            offset += size + 2
+            number += 1
+            continue
+        else:
+            name, prefix, local, params_text, value = _diagnose_line(line, faults, offset, number)
+        if prefix is None:
+            namespace: str | None = default
+        else:
+            namespace = namespaces.get(prefix)
+            if namespace is None:
+                faults.add(
+                    "UNDEFINED_PREFIX",
+                    f"prefix {prefix!r} of {name!r} is not declared by an earlier NS header",
+                    offset,
+                    number,
+                )
+        if params_text:
+            _read_params(
+                params_text, faults, offset + _byte_len(line[: line.index(":") + 1]), number
+            )
+        if namespace == CPIM_NS and local in checks:
+            voff = offset + size - _byte_len(value)
+            extra = checks[local](local, value, params_text, namespaces, faults, voff, number)
+            if extra is not None:
+                if local == "NS":
+                    namespaces[extra[0]] = extra[1]
+                    if extra[0] is None:
+                        default = extra[1]
+                else:
+                    parties[len(records)] = extra
+        elif "\\" in value:
+            _check_value_escapes(value, faults, offset + size - _byte_len(value), number)
+        records.append(
+            (name, prefix, local, namespace, params_text, value, number, offset, offset + size + 2)
+        )
+        offset += size + 2
+        number += 1
+    return records, namespaces, parties
+
+
+def _diagnose_line(
+    line: str, faults: _Faults, offset: int, number: int
+) -> tuple[str, str | None, str, str, str]:
+    """Read a header line that is not clean, reporting each fault (§2.2, §3.6)."""
+    if line[:1] in (" ", "\t"):
+        faults.add(
+            "LEADING_WHITESPACE", "the first header line starts with whitespace", offset, number
+        )
+    colon = line.find(":")
+    if colon < 0:
+        raise faults.fatal("NO_COLON", f"header line {_clip(line)!r} has no ':'", offset, number)
+    if colon == 0:
+        raise faults.fatal("EMPTY_NAME", "header line starts with ':' (no name)", offset, number)
+    name = line[:colon]
+    stripped = name.rstrip(" \t")
+    if stripped != name and stripped:
+        faults.add(
+            "SPACE_BEFORE_COLON",
+            f"whitespace between header name {stripped!r} and ':'",
+            offset + len(stripped),
+            number,
+        )
+        name = stripped
+    lead = len(line) - len(line.lstrip(" \t"))
+    ctl = _CTL.search(line, lead, len(line.rstrip(" \t")))
+    if ctl is not None:
+        faults.add(
+            "CTL_IN_HEADER",
+            f"raw control character U+{ord(ctl.group()):04X} in a header line",
+            offset + _byte_len(line[: ctl.start()]),
+            number,
+        )
+    named = _NAME.fullmatch(name)
+    prefix: str | None
+    if named is not None:
+        prefix, local = named.groups()
+    else:
+        bad = next((c for c in name if not _NAMECHAR_OR_DOT.fullmatch(c)), ".")
+        faults.add(
+            "BAD_HEADER_NAME",
+            f"header name {name!r} contains {bad!r}"
+            + (" (more than one '.' or an empty part)" if bad == "." else ""),
+            offset,
+            number,
+        )
+        head, dot, tail = name.partition(".")
+        prefix, local = (head, tail) if dot else (None, name)
+    pos = colon + 1
+    params_text = ""
+    if line.startswith(";", pos):
+        end = _params_end(line, pos)
+        params_text = line[pos:end]
+        pos = end
+    if line.startswith(" ", pos):
+        value = line[pos + 1 :]
+    else:
+        faults.add(
+            "NO_SP_AFTER_COLON",
+            "':' (and any parameters) not followed by a single SP",
+            offset + _byte_len(line[:pos]),
+            number,
+        )
+        value = line[pos:]
+    if line[-1:] in (" ", "\t") and line.strip(" \t"):
+        faults.add(
+            "TRAILING_WHITESPACE",
+            "header line ends with whitespace",
+            offset + _byte_len(line.rstrip(" \t")),
+            number,
+        )
+    return name, prefix, local, params_text, value
+
+
+_NAMECHAR_OR_DOT = re.compile(rf"[{_NC}.]")
+
+
+def _clip(text: str, size: int = 40) -> str:
+    return text if len(text) <= size else text[:size] + "..."
+
+
+def _first_bad_escape(text: str) -> re.Match[str] | None:
+    """The first backslash that starts no defined escape (§2.3), scanning left to right
+    so that ``\\\\q`` is an escaped backslash followed by ``q``."""
+    for m in _ESCAPE.finditer(text):
+        seq = m.group(1)
+        if len(seq) != 5 and seq not in _ESCAPE_CHARS:
+            return m
+    return None
+
+
+def _check_value_escapes(value: str, faults: _Faults, voff: int, number: int) -> None:
+    bad = _first_bad_escape(value)
+    if bad is not None:
+        seq = bad.group(1)
+        detail = (
+            f"backslash before {seq!r} starts no defined escape"
+            if seq
+            else "lone backslash at the end of the value"
+        )
+        faults.add("UNESCAPED_BACKSLASH", detail, voff + _byte_len(value[: bad.start()]), number)
+
+
+def _params_end(text: str, pos: int) -> int:
+    """Where ``*( ";" Parameter )`` starting at ``pos`` ends (lenient: a malformed
+    parameter runs to the next ';' or SP; a String to its closing quote)."""
+    size = len(text)
+    while pos < size and text[pos] == ";":
+        pos += 1
+        while pos < size and text[pos] not in ' ;"':
+            pos += 1
+        if pos < size and text[pos] == '"':
+            m = _STRING_TAIL.match(text, pos + 1)
+            pos = m.end() if m is not None else pos + 1
+            while pos < size and text[pos] not in " ;":
+                pos += 1
+    return pos
+
+
+def _read_params(
+    text: str,
+    faults: _Faults | None,
+    offset: int,
+    number: int,
+) -> tuple[tuple[str, str], ...]:
+    """Read ``*( ";" Parameter )`` (RFC 3862 §3.6) from the parameter text ``text``.
+
+    With ``faults``, report malformed parameters (BAD_PARAMETER), undefined escapes in
+    Strings (BAD_ESCAPE_IN_STRING) and bad language tags (BAD_LANG_TAG); ``offset`` is the
+    byte offset of ``text`` in the data.
+    """
+    params: list[tuple[str, str]] = []
+    size = len(text)
+    pos = 0
+    while pos < size:
+        start = pos
+        pos += 1  # the ';'
+        key_match = _PARAM_NAME.match(text, pos)
+        key = key_match.group() if key_match is not None else ""
+        pos += len(key)
+        val: str | None = None
+        if key and text.startswith("=", pos):
+            pos += 1
+            if text.startswith('"', pos):
+                m = _STRING_TAIL.match(text, pos + 1)
+                if m is not None:
+                    inner = m.group(1)
+                    val = inner
+                    if "\\" in inner:
+                        val = decode_escapes(inner)
+                        bad = _first_bad_escape(inner) if faults is not None else None
+                        if faults is not None and bad is not None:
+                            faults.add(
+                                "BAD_ESCAPE_IN_STRING",
+                                f"undefined escape {bad.group()!r} in the quoted value of {key!r}",
+                                offset + _byte_len(text[: pos + 1 + bad.start()]),
+                                number,
+                            )
+                    pos = m.end()
+            else:
+                tm = _TOKEN.match(text, pos)
+                token = tm.group() if tm is not None else ""
+                if token:
+                    val = token
+                    pos += len(token)
+        if val is None or (pos < size and text[pos] != ";"):
+            end = text.find(";", pos)
+            end = size if end < 0 else end
+            if faults is not None:
+                faults.add(
+                    "BAD_PARAMETER",
+                    f"malformed parameter {_clip(text[start:end])!r} (expected ;name=token "
+                    'or ;name="string")',
+                    offset + _byte_len(text[:start]),
+                    number,
+                )
+            pos = end
+            continue
+        if faults is not None and key == "lang" and not _LANG.fullmatch(val):
+            faults.add(
+                "BAD_LANG_TAG",
+                f"lang={val!r} is not an RFC 3066 language tag",
+                offset + _byte_len(text[:start]),
+                number,
+            )
+        params.append((key, val))
+    return tuple(params)
+
+
+# -- core header checks (RFC 3862 §4) ----------------------------------------------------
+
+
+def _no_params(local: str, params_text: str, faults: _Faults, voff: int, number: int) -> None:
+    if params_text:
+        faults.add(
+            "PARAMS_NOT_ALLOWED",
+            f"{local} takes no parameters ({_clip(params_text)!r})",
+            voff - 1 - _byte_len(params_text),
+            number,
+        )
+
+
+def _check_party(  # noqa: PLR0917 - internal, hot path
+    local: str,
+    value: str,
+    params_text: str,
+    namespaces: dict[str | None, str],
+    faults: _Faults,
+    voff: int,
+    number: int,
+) -> Party:
+    _no_params(local, params_text, faults, voff, number)
+    party, code, detail = _read_party(value)
+    if code is not None:
+        faults.add(code, f"{local}: {detail}", voff, number)
+    return party
+
+
+def _read_party(value: str) -> tuple[Party, str | None, str]:
+    """Read ``[ Formal-name ] "<" URI ">"`` (§4.1). On a violation, a best-effort Party
+    with the code and detail: the URI is what the last ``<...>`` holds (or the whole
+    value), the name the text before it. Trailing whitespace (reported on its own as
+    TRAILING_WHITESPACE) is not part of the address."""
+    if value[-1:] in (" ", "\t"):
+        value = value.rstrip(" \t")
+    m = _PARTY.fullmatch(value)
+    if m is not None:
+        tokens, string, spaces, uri = m.groups()
+        name: str | None = None
+        if tokens is not None:
+            name = tokens[:-1]
+        elif string is not None:
+            name = decode_escapes(string)
+            bad = _first_bad_escape(string) if "\\" in string else None
+            if bad is not None:
+                return (
+                    Party(name, uri),
+                    "BAD_ESCAPE_IN_STRING",
+                    f"undefined escape {bad.group()!r} in the quoted Formal-name",
+                )
+            if spaces:
+                return (
+                    Party(name, uri),
+                    "SP_AFTER_STRING_NAME",
+                    "space between the quoted Formal-name and '<'",
+                )
+        if not _URI.fullmatch(uri):
+            return Party(name, uri), "BAD_FORMAL_NAME", f"<{_clip(uri)}> is not an absolute URI"
+        return Party(name, uri), None, ""
+    lt = value.rfind("<")
+    if lt >= 0 and value.endswith(">"):
+        uri = value[lt + 1 : -1]
+        text = value[:lt].strip(" ")
+        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+            text = decode_escapes(text[1:-1])
+        detail = f"{_clip(value)!r} does not match [Formal-name] <URI>"
+        return Party(text or None, uri), "BAD_FORMAL_NAME", detail
+    return (
+        Party(None, value.strip(" ")),
+        "BAD_FORMAL_NAME",
+        f"the address {_clip(value)!r} is not enclosed in <>",
+    )
+
+
+def _check_datetime(  # noqa: PLR0917 - internal, hot path
+    local: str,
+    value: str,
+    params_text: str,
+    namespaces: dict[str | None, str],
+    faults: _Faults,
+    voff: int,
+    number: int,
+) -> None:
+    _no_params(local, params_text, faults, voff, number)
+    if parse_datetime(value) is None:
+        faults.add(
+            "BAD_DATETIME", f"DateTime {_clip(value)!r} is not an RFC 3339 date-time", voff, number
+        )
+    elif "t" in value or "z" in value:
+        faults.add("DATETIME_LOWERCASE", "DateTime writes 't' or 'z' in lower case", voff, number)
+
+
+def _check_subject(  # noqa: PLR0917 - internal, hot path
+    local: str,
+    value: str,
+    params_text: str,
+    namespaces: dict[str | None, str],
+    faults: _Faults,
+    voff: int,
+    number: int,
+) -> None:
+    if "\\" in value:
+        _check_value_escapes(value, faults, voff, number)
+    if params_text:
+        params = _read_params(params_text, None, 0, 0)
+        if len(params) != 1 or params[0][0] != "lang":
+            faults.add(
+                "PARAMS_NOT_ALLOWED",
+                f"Subject takes one ;lang= parameter at most ({_clip(params_text)!r})",
+                voff - 1 - _byte_len(params_text),
+                number,
+            )
+
+
+def _read_ns(value: str) -> tuple[str | None, str] | None:
+    m = _NS_VALUE.fullmatch(value)
+    if m is None:
+        return None
+    return m.group(1), m.group(2)
+
+
+def _check_ns(  # noqa: PLR0917 - internal, hot path
+    local: str,
+    value: str,
+    params_text: str,
+    namespaces: dict[str | None, str],
+    faults: _Faults,
+    voff: int,
+    number: int,
+) -> tuple[str | None, str] | None:
+    _no_params(local, params_text, faults, voff, number)
+    binding = _read_ns(value)
+    if binding is None:
+        faults.add(
+            "BAD_NS_URI",
+            f"NS value {_clip(value)!r} is not [prefix] <URI>: nothing is declared",
+            voff,
+            number,
+        )
+        return None
+    uri = binding[1]
+    if not _URI.fullmatch(uri):
+        why = "has a fragment" if "#" in uri else "is not an absolute URI"
+        faults.add("BAD_NS_URI", f"NS URI {uri!r} {why}", voff, number)
+    return binding
+
+
+def _read_require(value: str, bindings: dict[str | None, str]) -> list[Requirement]:
+    found = []
+    for item in value.split(","):
+        name = item.strip(" \t")
+        if not name:
+            continue
+        prefix, dot, local = name.partition(".")
+        if dot:
+            found.append(Requirement(name, bindings.get(prefix), local))
+        else:
+            found.append(Requirement(name, bindings.get(None), name))
+    return found
+
+
+def _check_require(  # noqa: PLR0917 - internal, hot path
+    local: str,
+    value: str,
+    params_text: str,
+    namespaces: dict[str | None, str],
+    faults: _Faults,
+    voff: int,
+    number: int,
+) -> None:
+    _no_params(local, params_text, faults, voff, number)
+    if not _REQUIRE.fullmatch(value):
+        if _REQUIRE_SPACED.fullmatch(value):
+            faults.add(
+                "REQUIRE_SPACE", f"whitespace around ',' in Require {_clip(value)!r}", voff, number
+            )
+        else:
+            faults.add(
+                "BAD_HEADER_NAME",
+                f"Require lists something that is not a header name: {_clip(value)!r}",
+                voff,
+                number,
+            )
+    for req in _read_require(value, namespaces):
+        if req.namespace is None:
+            faults.add(
+                "UNDEFINED_PREFIX",
+                f"Require names {req.name!r} whose prefix is not declared by an earlier NS",
+                voff,
+                number,
+            )
+
+
+_CORE_CHECKS: Final[dict[str, Any]] = {
+    "From": _check_party,
+    "To": _check_party,
+    "cc": _check_party,
+    "DateTime": _check_datetime,
+    "Subject": _check_subject,
+    "NS": _check_ns,
+    "Require": _check_require,
+}
+_CORE_NAMES: Final = frozenset(_CORE_CHECKS)
+
+
+def _check_msrp(records: list[_Record], faults: _Faults, blank: int) -> None:
+    """RFC 4975 §13: From and To present; of the core headers only NS, To, cc repeat."""
+    seen: dict[str, int] = {}
+    for r in records:
+        if r[3] != CPIM_NS:
+            continue
+        local = r[2]
+        if local in _MSRP_ONCE and local in seen:
+            faults.add(
+                "PROFILE_REPEAT",
+                f"{local} repeated (first on line {seen[local]}); MSRP allows only NS, To "
+                "and cc to repeat",
+                r[7],
+                r[6],
+            )
+        seen.setdefault(local, r[6])
+    for required in ("From", "To"):
+        if required not in seen:
+            faults.add(
+                "PROFILE_MISSING", f"no {required} header (MSRP requires From and To)", blank
+            )
+
+
+# --------------------------------------------------------------------------------------
+# Escapes (RFC 3862 §2.3)
+# --------------------------------------------------------------------------------------
+
+
+def _unescape_match(m: re.Match[str]) -> str:
+    seq = m.group(1)
+    if len(seq) == 5:
+        return chr(int(seq[1:], 16))
+    return _ESCAPE_CHARS.get(seq, seq)
+
+
+def decode_escapes(text: str) -> str:
+    """Resolve the escapes of RFC 3862 §2.3 the way §2.3.1 asks receivers to.
+
+    ``\\uXXXX`` are UCS-2 code units (a surrogate pair joins into one character, a lone
+    surrogate becomes U+FFFD); ``\\b \\t \\n \\r \\" \\' \\\\`` their characters; any other
+    ``\\c`` gives ``c``; a lone trailing backslash is dropped.
+    """
+    if "\\" not in text:
+        return text
+    out = _ESCAPE.sub(_unescape_match, text)
+    if _SURROGATE.search(out):
+        out = out.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return out
+
+
+_NAMED_ESCAPES: Final = {"\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_MUST_ESCAPE = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
+
+
+def _escape_match(m: re.Match[str]) -> str:
+    ch = m.group()
+    return _NAMED_ESCAPES.get(ch) or f"\\u{ord(ch):04X}"
+
+
+def encode_value(text: str) -> str:
+    """Write ``text`` as an unstructured header value (RFC 3862 §2.3.1).
+
+    Backslash and controls are escaped, nothing else; a final space is written
+    ``\\u0020`` because a header line may not end in whitespace (§2.2). An empty value
+    cannot be written and raises ValueError.
+    """
+    if not text:
+        raise ValueError("an empty header value cannot be written (RFC 3862 §2.2)")
+    out = _MUST_ESCAPE.sub(_escape_match, text)
+    if out.endswith(" "):
+        out = out[:-1] + "\\u0020"
+    return out
+
+
+def encode_string(text: str) -> str:
+    """Write ``text`` as a quoted String (RFC 3862 §3.6): ``"``, ``\\`` and controls
+    escaped."""
+    return '"' + _MUST_ESCAPE.sub(_escape_match, text).replace('"', '\\"') + '"'
+
+
+# --------------------------------------------------------------------------------------
+# DateTime (RFC 3339 §5.6)
+# --------------------------------------------------------------------------------------
+
+
+def parse_datetime(text: str) -> DateTimeValue | None:
+    """Read an RFC 3339 date-time (RFC 3862 §4.4); None when it is not one.
+
+    Field ranges and leap years are checked; ``:60`` is accepted only where the UTC time
+    is 23:59 (RFC 3339 §5.7); ``-00:00`` gives ``offset_minutes=None``.
+    """
+    m = _DATETIME.fullmatch(text)
+    if m is None:
+        return None
+    year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
+    hour, minute, second = int(m.group(5)), int(m.group(6)), int(m.group(7))
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 60:
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = 29 if month == 2 and leap else _DAYS[month - 1]
+    if not 1 <= day <= days:
+        return None
+    offset: int | None = 0
+    if not m.group(9):
+        oh, om = int(m.group(11)), int(m.group(12))
+        if oh > 23 or om > 59:
+            return None
+        offset = oh * 60 + om
+        if m.group(10) == "-":
+            offset = -offset if offset else None  # -00:00: UTC, local offset unknown
+    if second == 60 and (hour * 60 + minute - (offset or 0)) % 1440 != 1439:
+        return None
+    return DateTimeValue(text, year, month, day, hour, minute, second, m.group(8) or "", offset)
+
+
+def format_datetime(moment: _dt.datetime) -> str:
+    """Write an aware datetime as a DateTime value in UTC (``...Z``, as RFC 3923 §6.9
+    wants for secured messages), with microseconds when there are any."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("DateTime needs an aware datetime (RFC 3339 §4.3)")
+    utc = moment.astimezone(_dt.UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}"
+    return text + "Z"
+
+
+# --------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------
+
+
+def _encode_param(key: str, val: str) -> str:
+    if not key or not _PARAM_NAME.fullmatch(key):
+        raise ValueError(f"parameter name {key!r} is not a Name (RFC 3862 §3.6)")
+    if key == "lang" and not _LANG.fullmatch(val):
+        raise ValueError(f"lang={val!r} is not an RFC 3066 language tag (RFC 3862 §3.3)")
+    if val and _TOKEN_ONLY.fullmatch(val):
+        return f";{key}={val}"
+    return f";{key}={encode_string(val)}"
+
+
+def _encode_header(name: str, value: str, params: Iterable[tuple[str, str]] = ()) -> bytes:
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"header name {name!r} is not a Header-name (RFC 3862 §3.1)")
+    params_text = "".join(_encode_param(k, v) for k, v in params)
+    return f"{name}:{params_text} {encode_value(value)}\r\n".encode()
+
+
+def _party(p: Party | str) -> Party:
+    return p if isinstance(p, Party) else Party(None, p)
 
 
 def build(
@@ -175,5 +1726,119 @@ def build(
 ) -> CpimMessage:
     """Build a deterministic message (same arguments, same bytes), escaping what must be
     escaped (§2.3). Header order: From, To..., cc..., DateTime, Subject..., NS..., the
-    extensions (name as written, prefix included), Require."""
-    raise NotImplementedError
+    extensions (name as written, prefix included), Require.
+
+    A ``str`` party is a URI. Formal-names are written as tokens when they can be
+    (``Ada Lovelace <im:...>``), else as a String directly before ``<``. NS is written
+    ``NS: prefix <uri>``. Entity headers are written ``Name: value`` after
+    ``Content-Type``. The result is read back by the strict parser, so ``build`` only
+    returns strictly valid objects; what cannot be written raises ValueError (ParseError
+    is one).
+    """
+    lines: list[str] = []
+    if sender is not None:
+        lines.append("From: " + _party(sender).encode())
+    lines.extend("To: " + _party(p).encode() for p in to)
+    lines.extend("cc: " + _party(p).encode() for p in cc)
+    if datetime is not None:
+        if parse_datetime(datetime) is None:
+            raise ValueError(f"DateTime {datetime!r} is not an RFC 3339 date-time")
+        lines.append("DateTime: " + datetime)
+    for lang, text in subjects:
+        params = "" if lang is None else _encode_param("lang", lang)
+        lines.append(f"Subject:{params} {encode_value(text)}")
+    redeclared = False
+    for prefix, uri in namespaces:
+        if prefix is not None and not (prefix and _PARAM_NAME.fullmatch(prefix)):
+            raise ValueError(f"NS prefix {prefix!r} is not a Name (RFC 3862 §3.4)")
+        if not _URI.fullmatch(uri):
+            raise ValueError(f"NS URI {uri!r} is not an absolute URI without fragment")
+        lines.append(f"NS: {prefix} <{uri}>" if prefix is not None else f"NS: <{uri}>")
+        redeclared = redeclared or prefix is None
+    head = "".join(line + "\r\n" for line in lines).encode()
+    head += b"".join(_encode_header(name, value) for name, value in extensions)
+    if require:
+        if redeclared:
+            raise ValueError(
+                "Require cannot follow an NS that redeclares the default namespace: it would "
+                "not be the CPIM Require header (RFC 3862 §3.4)"
+            )
+        if not all(_NAME.fullmatch(name) for name in require):
+            raise ValueError(f"Require lists something that is not a header name: {require!r}")
+        head += ("Require: " + ",".join(require) + "\r\n").encode()
+    if "\r" in content_type or "\n" in content_type or not content_type.strip():
+        raise ValueError("content_type must be one non-empty line")
+    entity = f"Content-Type: {content_type}\r\n"
+    for name, value in entity_headers:
+        if not _MIME_NAME.fullmatch(name) or "\r" in value or "\n" in value:
+            raise ValueError(f"entity header {name!r} needs a MIME name and a one-line value")
+        entity += f"{name}: {value}\r\n"
+    data = head + b"\r\n" + entity.encode() + b"\r\n" + body
+    if form == "entity":
+        data = _CANONICAL_MIME + data
+    return _parse(data, form, _BUILD_POLICY)
+
+
+_BUILD_POLICY: Final = Policy(strict=True, max_message_size=2**62, max_line_length=2**62)
+
+
+# --------------------------------------------------------------------------------------
+# The manifest-shaped description (``cpimgw cpim show``)
+# --------------------------------------------------------------------------------------
+
+
+def describe(msg: CpimMessage) -> dict[str, Any]:
+    """The parse as plain data with the field names of ``vectors/cpim/manifest.json``:
+    ``headers`` (line, name, namespace, local, params, value_raw, value, and ``extra``
+    for From/To/cc, NS, Require and the IMDN Disposition-Notification),
+    ``entity_headers``, ``body_offset``, ``body_length``, ``defects``; plus ``form`` and
+    ``mime_headers``."""
+    headers: list[dict[str, Any]] = []
+    bindings: dict[str | None, str] = {None: CPIM_NS}
+    for h in msg.headers:
+        item: dict[str, Any] = {
+            "line": h.line,
+            "name": h.name,
+            "namespace": h.namespace,
+            "local": h.local,
+            "params": [list(p) for p in h.params],
+            "value_raw": h.value_raw,
+            "value": h.value,
+        }
+        core = h.namespace == CPIM_NS
+        if core and h.local in _PARTY_HEADERS:
+            party = _read_party(h.value_raw)[0]
+            item["extra"] = {"formal_name": party.formal_name, "uri": party.uri}
+        elif core and h.local == "NS":
+            binding = _read_ns(h.value_raw)
+            if binding is not None:
+                bindings[binding[0]] = binding[1]
+                item["extra"] = {"ns_prefix": binding[0], "ns_uri": binding[1]}
+        elif core and h.local == "Require":
+            item["extra"] = {
+                "required": [
+                    {"name": r.name, "namespace": r.namespace, "local": r.local}
+                    for r in _read_require(h.value_raw, bindings)
+                ]
+            }
+        elif h.namespace == IMDN_NS and h.local == "Disposition-Notification":
+            item["extra"] = {"dispositions": [t.strip() for t in h.value.split(",") if t.strip()]}
+        headers.append(item)
+    return {
+        "form": msg.form,
+        "mime_headers": [list(p) for p in msg.mime_headers],
+        "headers": headers,
+        "entity_headers": [list(p) for p in msg.entity_headers],
+        "body_offset": msg.body_offset,
+        "body_length": len(msg.raw) - msg.body_offset,
+        "defects": [
+            {
+                "code": d.code,
+                "severity": "warning" if d.code in WARNING_CODES else "defect",
+                "detail": d.detail,
+                "line": d.line,
+                "offset": d.offset,
+            }
+            for d in msg.defects
+        ],
+    }
