@@ -438,7 +438,7 @@ def _header_block_end(data: bytes, start: int, end: int, what: str) -> int:
 
 
 def _check_entity_canonical(data: bytes, start: int, end: int, *, depth: int) -> None:
-    body_start = _header_block_end(data, start, end, "MIME")
+    body_start = _header_block_end(data, start, end, "MIME entity")
     block = _read_header_block(data[:body_start], start)
     media, params = _parse_content_type(block.get("Content-Type") or "text/plain")
     encoding = (block.get("Content-Transfer-Encoding") or "").lower()
@@ -446,7 +446,7 @@ def _check_entity_canonical(data: bytes, start: int, end: int, *, depth: int) ->
         return
     if media == "message/cpim":
         # RFC 3862 §2: CPIM header block, empty line, the encapsulated MIME entity.
-        entity_start = _header_block_end(data, body_start, end, "CPIM")
+        entity_start = _header_block_end(data, body_start, end, "CPIM message")
         _check_entity_canonical(data, entity_start, end, depth=depth + 1)
     elif media.startswith("multipart/") and params.get("boundary"):
         body = data[body_start:end]
