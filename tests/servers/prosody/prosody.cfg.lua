@@ -20,9 +20,9 @@ https_ports = {}
 
 -- Options are write-only inside this file: build lists in locals first.
 -- No mod_tls: with it loaded and no certificate, Prosody offers STARTTLS and the handshake fails.
-modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; }
--- no offline storage: a message to an offline user bounces, which the tests rely on
-modules_disabled = { "s2s"; "offline"; }
+modules_enabled = { "roster"; "saslauth"; "disco"; "ping"; "offline"; }
+-- mod_offline stays on: a message for a user who is logged out (say, during a restart) waits
+modules_disabled = { "s2s"; }
 
 allow_registration = false
 authentication = "internal_hashed"

@@ -1,0 +1,525 @@
+"""The XMPP adapter's I/O shell: a slixmpp ``ComponentXMPP`` (XEP-0114) connection.
+
+Inbound: every ``<message/>`` and ``<presence/>`` addressed to the component domain is
+checked (size), mapped (:mod:`adapters.xmpp.mapping`) and handed to ``deliver`` in arrival
+order; a refusal goes back to the sender as a stanza error (RFC 6120 §8.3).
+
+Outbound: :meth:`XmppAdapter.send` queues the stanzas of an envelope; one writer task
+writes them and then sends a XEP-0199 ping to the XMPP server as a *barrier*. XEP-0114
+streams have no acknowledgements (XEP-0198 is not offered to components), but a server
+handles the stanzas of one stream in order, so when the ping's result arrives every
+stanza written before it has been accepted and routed, and any error the server bounced
+for them (unknown user, offline user without storage) has arrived first. Only then does
+``send`` report success; a bounced error becomes a :class:`DeliveryError`. A connection
+lost before the barrier returns puts the stanzas back at the head of the queue, to be
+written again after reconnecting with the same ids (derived from the envelope identity),
+so receivers can drop the duplicate. The stream is cleartext: keep it on loopback or a
+private link (docs/xmpp.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import Field, SecretStr
+from slixmpp import ComponentXMPP
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from adapters.contract import (
+    Adapter,
+    AdapterConfig,
+    AdapterContext,
+    Capability,
+    Deliver,
+    Sample,
+    Sent,
+)
+from adapters.xmpp.errors import error_element, read_error
+from adapters.xmpp.jid import AddressMap, Jid
+from adapters.xmpp.mapping import XmppMapper
+from adapters.xmpp.stanza import COMPONENT_NS, PING_NS, local, register_plugins, serialize
+from canonical.envelope import Envelope, Origin
+from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
+from canonical.policy import KIB
+
+
+class XmppConfig(AdapterConfig):
+    """``[adapters.NAME]`` with ``kind = "xmpp"`` (docs/xmpp.md lists every key)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5347, ge=1, le=65535)
+    component: str = Field(min_length=1, description="the component domain, e.g. sip.example.com")
+    secret: SecretStr = Field(description="XEP-0114 shared secret (env-overridable)")
+    domain_map: dict[str, str] = Field(
+        default_factory=dict,
+        description='JID domain -> "scheme:host", e.g. {"sip.example.com": "sip:example.net"}',
+    )
+    domains: list[str] = Field(
+        default_factory=list, description="the XMPP server domains whose users this gateway serves"
+    )
+    ping_target: str | None = Field(
+        default=None, description="JID pinged as the write barrier; default: the first domain"
+    )
+    max_stanza_size: int = Field(default=256 * KIB, ge=1024)
+    reconnect_initial: float = Field(default=0.5, gt=0)
+    reconnect_max: float = Field(default=30.0, gt=0)
+    send_timeout: float = Field(default=15.0, gt=0)
+    barrier_timeout: float = Field(default=10.0, gt=0)
+
+
+@dataclass
+class _Outgoing:
+    stanzas: list[ET.Element]
+    done: asyncio.Future[Sent]
+    ids: tuple[str, ...] = ()
+
+
+@dataclass
+class _Barrier:
+    ping_id: str
+    items: list[_Outgoing]
+    answered: asyncio.Future[bool]
+    errors: dict[str, GatewayError] = field(default_factory=dict)
+
+
+class _Component(ComponentXMPP):
+    """ComponentXMPP without slixmpp's own presence/roster automation: every stanza goes to
+    the adapter as it is. slixmpp answers probes with ``unsubscribed`` when its in-memory
+    roster lacks a subscription, which would cancel the user's real subscription."""
+
+    def __init__(self, config: XmppConfig, on_stanza: Callable[[ET.Element], None]) -> None:
+        super().__init__(  # type: ignore[no-untyped-call]
+            config.component, config.secret.get_secret_value(), config.host, config.port
+        )
+        self.enable_direct_tls = False
+        self.enable_starttls = False
+        self.enable_plaintext = True
+        for name in ("IM", "IMError", "Presence"):
+            self.remove_handler(name)
+        self.del_event_handler("presence_probe", self._handle_probe)
+        ns = self.default_ns
+        for name in ("message", "presence", "iq"):
+            self.register_handler(
+                Callback(f"cpimgw-{name}", MatchXPath(f"{{{ns}}}{name}"), self._stanza(on_stanza))
+            )
+
+    @staticmethod
+    def _stanza(on_stanza: Callable[[ET.Element], None]) -> Callable[[Any], None]:
+        def handle(stanza: Any) -> None:
+            on_stanza(stanza.xml)
+
+        return handle
+
+
+class XmppAdapter(Adapter):
+    """cpimgw's XMPP side: an external component serving one domain (XEP-0114)."""
+
+    kind: ClassVar[str] = "xmpp"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.MESSAGE,
+            Capability.PRESENCE,
+            Capability.SUBSCRIPTIONS,
+            Capability.RECEIPTS,
+            Capability.DISPLAYED,
+            Capability.CHAT_STATES,
+            Capability.SUBJECT,
+            Capability.SUBJECT_LANGUAGES,
+            Capability.NON_ASCII,
+            Capability.CPIM_BODY,
+            Capability.SIGNED_BODY,
+            Capability.ENCRYPTED_BODY,
+            Capability.BINARY_BODY,
+            Capability.ERRORS,
+        }
+    )
+    config_model: ClassVar[type[AdapterConfig]] = XmppConfig
+
+    def __init__(self, name: str, config: AdapterConfig, context: AdapterContext) -> None:
+        if not isinstance(config, XmppConfig):
+            config = XmppConfig.model_validate(config.model_dump())
+        super().__init__(name, config, context)
+        self.settings: XmppConfig = config
+        self._mapper = XmppMapper(
+            AddressMap(
+                config.component,
+                dict(config.domain_map),
+                frozenset(d.lower() for d in config.domains),
+            ),
+            adapter=name,
+            stanza_ns=COMPONENT_NS,
+            policy=context.policy,
+        )
+        self._xmpp: _Component | None = None
+        self._inbound: asyncio.Queue[ET.Element | None] = asyncio.Queue()
+        self._outbound: list[_Outgoing] = []
+        self._outbound_ready = asyncio.Event()
+        self._session = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._barrier: _Barrier | None = None
+        self._ping_ids = itertools.count(1)
+        self._available: dict[tuple[str, str], ET.Element] = {}
+        self._authenticated_once = False
+        self._auth_failed = False
+        register_plugins()
+
+    @classmethod
+    def sample(cls) -> Sample:
+        return Sample(
+            config=XmppConfig(
+                component="sip.example.com",
+                secret=SecretStr("sample-secret"),
+                domain_map={"sip.example.com": "sip:example.net"},
+                domains=["xmpp.example.com"],
+            ),
+            local="xmpp:charles@xmpp.example.com",
+            remote="sip:ada@example.net",
+        )
+
+    @property
+    def mapper(self) -> XmppMapper:
+        return self._mapper
+
+    def ready(self) -> bool:
+        return self._session.is_set()
+
+    # ------------------------------------------------------------------ connection
+    def _connect_component(self) -> _Component:
+        xmpp = _Component(self.settings, self._on_stanza)
+        xmpp.add_event_handler("session_start", self._on_session)
+        xmpp.add_event_handler("disconnected", self._on_lost)
+        xmpp.add_event_handler("connection_failed", self._on_lost)
+        xmpp.add_event_handler("stream_error", self._on_stream_error)
+        return xmpp
+
+    def _on_session(self, _event: object) -> None:
+        self._authenticated_once = True
+        self._lost.clear()
+        self._session.set()
+        self.context.logger.info(
+            "xmpp %s: component %s connected", self.name, self.settings.component
+        )
+        self.context.count("xmpp_connected", adapter=self.name)
+
+    def _on_lost(self, _event: object) -> None:
+        self._session.clear()
+        self._lost.set()
+        barrier = self._barrier
+        if barrier is not None and not barrier.answered.done():
+            barrier.answered.set_result(False)
+
+    def _on_stream_error(self, error: Any) -> None:
+        condition = str(error["condition"]) if error is not None else ""
+        if condition == "not-authorized":
+            self._auth_failed = True
+        self.context.logger.warning("xmpp %s: stream error %s", self.name, condition)
+
+    async def run(self, deliver: Deliver) -> None:
+        """Connect, serve, and reconnect with backoff until :meth:`stop`."""
+        worker = asyncio.create_task(self._serve_inbound(deliver))
+        writer = asyncio.create_task(self._write_loop())
+        delay = self.settings.reconnect_initial
+        try:
+            while not self._stopping:
+                xmpp = self._xmpp = self._connect_component()
+                self._lost.clear()
+                xmpp.connect()
+                session = asyncio.create_task(self._session.wait())
+                lost = asyncio.create_task(self._lost.wait())
+                await asyncio.wait({session, lost}, return_when=asyncio.FIRST_COMPLETED)
+                session.cancel()
+                lost.cancel()
+                if self._session.is_set():
+                    delay = self.settings.reconnect_initial
+                    await self._lost.wait()
+                if self._auth_failed and not self._authenticated_once:
+                    raise AdapterError(
+                        f"the XMPP server refused component {self.settings.component!r}",
+                        hint="check the component secret and the server's Component entry",
+                    )
+                xmpp.cancel_connection_attempt()
+                with contextlib.suppress(Exception):
+                    xmpp.abort()
+                if self._stopping:
+                    break
+                self.context.logger.warning(
+                    "xmpp %s: connection lost, reconnecting in %.1fs", self.name, delay
+                )
+                self.context.count("xmpp_reconnects", adapter=self.name)
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.settings.reconnect_max)
+        finally:
+            self._inbound.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker, 10)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            self._fail_pending()
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Tell every XMPP user that the foreign contacts shown available are gone, finish
+        the queued work, then close the stream."""
+        if self._stopping:
+            return
+        for (frm, to), _ in list(self._available.items()):
+            stanza = ET.Element(
+                f"{{{COMPONENT_NS}}}presence", {"from": frm, "to": to, "type": "unavailable"}
+            )
+            self._queue([stanza])
+        if self._session.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain(), self.settings.send_timeout)
+        self._stopping = True
+        xmpp = self._xmpp
+        if xmpp is not None:
+            xmpp.cancel_connection_attempt()
+            with contextlib.suppress(Exception):
+                xmpp.disconnect(wait=1.0)
+        self._lost.set()
+
+    async def _drain(self) -> None:
+        pending = [item.done for item in self._outbound]
+        if pending:
+            await asyncio.wait(pending)
+
+    def _fail_pending(self) -> None:
+        for item in self._outbound:
+            if not item.done.done():
+                item.done.set_exception(
+                    DeliveryError("the XMPP adapter stopped before sending", retryable=True)
+                )
+        self._outbound.clear()
+
+    # ------------------------------------------------------------------ inbound
+    def _on_stanza(self, element: ET.Element) -> None:
+        name = local(element.tag)
+        if name == "iq":
+            self._on_iq(element)
+        else:
+            self._inbound.put_nowait(element)
+
+    def _on_iq(self, iq: ET.Element) -> None:
+        kind = iq.get("type")
+        barrier = self._barrier
+        if kind in ("result", "error"):
+            ours = barrier is not None and iq.get("id") == barrier.ping_id
+            if ours and barrier is not None and not barrier.answered.done():
+                barrier.answered.set_result(True)
+            return
+        # RFC 6120 §8.3.3.19: an IQ nobody here handles gets service-unavailable.
+        reply = ET.Element(
+            iq.tag,
+            {
+                "type": "error",
+                "id": iq.get("id", ""),
+                "from": iq.get("to", ""),
+                "to": iq.get("from", ""),
+            },
+        )
+        error = ET.SubElement(reply, f"{{{COMPONENT_NS}}}error", {"type": "cancel"})
+        ET.SubElement(error, "{urn:ietf:params:xml:ns:xmpp-stanzas}service-unavailable")
+        self._write(reply)
+
+    async def _serve_inbound(self, deliver: Deliver) -> None:
+        while True:
+            element = await self._inbound.get()
+            if element is None:
+                return
+            try:
+                await self._handle_inbound(element, deliver)
+            except Exception:
+                self.context.logger.exception("xmpp %s: inbound stanza failed", self.name)
+                self.context.count("xmpp_inbound_failures", adapter=self.name)
+
+    async def _handle_inbound(self, element: ET.Element, deliver: Deliver) -> None:
+        if element.get("type") == "error":
+            self._on_error_stanza(element)
+            return
+        size = len(serialize(element))
+        if size > self.settings.max_stanza_size:
+            self._reply_error(
+                element,
+                GatewayError(
+                    f"stanza of {size} bytes exceeds the gateway's limit of "
+                    f"{self.settings.max_stanza_size}",
+                    reason=Reason.TOO_LARGE,
+                    hint="send a smaller message",
+                ),
+            )
+            return
+        origin = Origin(adapter=self.name, peer=self.settings.component)
+        try:
+            mapped = self._mapper.to_canonical(
+                element, origin=origin, received_at=self.context.clock()
+            )
+        except GatewayError as exc:
+            self.context.count("xmpp_refused", adapter=self.name, reason=exc.reason.value)
+            self._reply_error(element, exc)
+            return
+        for loss in mapped.losses:
+            self.context.logger.info("xmpp %s: loss %s: %s", self.name, loss.field, loss.detail)
+            self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
+        try:
+            await deliver(mapped.value)
+        except GatewayError as exc:
+            self.context.count("xmpp_refused", adapter=self.name, reason=exc.reason.value)
+            self._reply_error(element, exc)
+
+    def _reply_error(self, element: ET.Element, error: GatewayError) -> None:
+        """RFC 6120 §8.3.1: the error goes back to the sender with the same id; never an
+        error about an error, and none for unavailable presence."""
+        kind = element.get("type", "")
+        if kind == "error" or (local(element.tag) == "presence" and kind == "unavailable"):
+            return
+        attrs = {"from": element.get("to", ""), "to": element.get("from", ""), "type": "error"}
+        if element.get("id"):
+            attrs["id"] = element.get("id", "")
+        reply = ET.Element(element.tag, attrs)
+        condition = (
+            "jid-malformed"
+            if isinstance(error, ParseError) and error.code == "JID_MALFORMED"
+            else None
+        )
+        reply.append(error_element(COMPONENT_NS, error.reason, str(error), condition=condition))
+        self._write(reply)
+
+    def _on_error_stanza(self, element: ET.Element) -> None:
+        found = read_error(element)
+        barrier = self._barrier
+        stanza_id = element.get("id", "")
+        if found is None:
+            return
+        reason, kind, condition, text = found
+        error = DeliveryError(
+            f"XMPP {condition} ({kind}) from {element.get('from')}{': ' + text if text else ''}",
+            retryable=kind == "wait",
+            reason=reason,
+            status=condition,
+            hint="the XMPP server or client refused the stanza",
+        )
+        if barrier is not None and stanza_id:
+            barrier.errors[stanza_id] = error
+            return
+        self.context.logger.info("xmpp %s: late error for %s: %s", self.name, stanza_id, error)
+        self.context.count("xmpp_late_errors", adapter=self.name, condition=condition)
+
+    # ------------------------------------------------------------------ outbound
+    async def send(self, envelope: Envelope) -> Sent:
+        mapped = self._mapper.stanzas(envelope)
+        for loss in mapped.losses:
+            self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
+        item = self._queue(mapped.value)
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.done), self.settings.send_timeout)
+        except TimeoutError as exc:
+            raise DeliveryError(
+                f"XMPP server did not confirm within {self.settings.send_timeout}s",
+                retryable=True,
+                reason=Reason.TIMEOUT,
+                hint="the stanza stays queued and is written after reconnecting",
+            ) from exc
+
+    async def report(self, envelope: Envelope, error: GatewayError) -> None:
+        """The final failure of an envelope that came from XMPP, as a stanza error."""
+        stanza = self._mapper.error_to_native(envelope, error)
+        self._queue([stanza])
+
+    def _queue(self, stanzas: list[ET.Element]) -> _Outgoing:
+        loop = asyncio.get_running_loop()
+        ids = tuple(s.get("id", "") for s in stanzas)
+        item = _Outgoing(stanzas, loop.create_future(), ids)
+        self._outbound.append(item)
+        self._outbound_ready.set()
+        return item
+
+    def _write(self, stanza: ET.Element) -> bool:
+        xmpp = self._xmpp
+        if xmpp is None or not self._session.is_set():
+            return False
+        try:
+            xmpp.send_raw(serialize(stanza))
+        except Exception:  # noqa: BLE001 - NotConnectedError and transport faults alike
+            return False
+        return True
+
+    def _track(self, stanza: ET.Element) -> None:
+        """Remember which foreign contacts XMPP users see available (for stop())."""
+        if local(stanza.tag) != "presence":
+            return
+        kind = stanza.get("type")
+        key = (stanza.get("from", ""), stanza.get("to", ""))
+        if kind is None:
+            self._available[key] = stanza
+        elif kind == "unavailable":
+            if Jid.parse(key[0]).resource is None:
+                for other in [
+                    k for k in self._available if k[1] == key[1] and k[0].split("/")[0] == key[0]
+                ]:
+                    del self._available[other]
+            self._available.pop(key, None)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._outbound_ready.wait()
+            if not self._outbound:
+                self._outbound_ready.clear()
+                continue
+            await self._session.wait()
+            batch = self._outbound[:256]
+            del self._outbound[: len(batch)]
+            loop = asyncio.get_running_loop()
+            barrier = _Barrier(f"cpimgw-ping-{next(self._ping_ids)}", batch, loop.create_future())
+            self._barrier = barrier
+            written = all(self._write(s) for item in batch for s in item.stanzas)
+            if written:
+                target = self.settings.ping_target or (
+                    self.settings.domains[0] if self.settings.domains else self.settings.component
+                )
+                ping = ET.Element(
+                    f"{{{COMPONENT_NS}}}iq",
+                    {
+                        "type": "get",
+                        "id": barrier.ping_id,
+                        "from": self.settings.component,
+                        "to": target,
+                    },
+                )
+                ET.SubElement(ping, f"{{{PING_NS}}}ping")
+                written = self._write(ping)
+            answered = False
+            if written:
+                try:
+                    answered = await asyncio.wait_for(
+                        asyncio.shield(barrier.answered), self.settings.barrier_timeout
+                    )
+                except TimeoutError:
+                    answered = False
+            self._barrier = None
+            if not answered:
+                # not confirmed: back to the head of the queue, same ids on the rewrite
+                self._outbound[:0] = [i for i in batch if not i.done.done()]
+                if self._session.is_set() and self._xmpp is not None:
+                    self._xmpp.abort()  # a stream that does not answer pings is dead
+                continue
+            for item in batch:
+                failures = [barrier.errors[i] for i in item.ids if i in barrier.errors]
+                for stanza in item.stanzas:
+                    self._track(stanza)
+                if item.done.done():
+                    continue
+                if failures:
+                    item.done.set_exception(failures[0])
+                else:
+                    item.done.set_result(Sent(native_id=item.ids[0] if item.ids else None))
