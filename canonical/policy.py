@@ -32,6 +32,8 @@ class Policy:
     - ``max_headers``: most header lines in one block (header floods).
     - ``max_xml_depth`` / ``max_xml_elements`` / ``max_xml_attributes``: bounds for the XML
       cpimgw parses itself (PIDF, isComposing, IMDN).
+    - ``max_xml_token``: longest single XML markup token (a start tag with its attributes, a
+      comment); the parser holds a whole token in memory before it can look inside it.
     - ``fatal_losses``: mapping losses (by ``Loss.field``) that turn into errors.
     """
 
@@ -43,6 +45,7 @@ class Policy:
     max_xml_depth: int = 32
     max_xml_elements: int = 10_000
     max_xml_attributes: int = 64
+    max_xml_token: int = 64 * KIB
     fatal_losses: frozenset[str] = field(default_factory=frozenset)
 
     def replace(self, **changes: object) -> Policy:
