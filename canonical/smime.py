@@ -29,6 +29,7 @@ import datetime as _dt
 import hashlib
 import itertools
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -1054,6 +1055,29 @@ def match_sender(expected: str, uris: Sequence[str], *, across_schemes: bool = T
     return fallback
 
 
+def _load_certificate(der: bytes) -> x509.Certificate | None:
+    """A certificate carried in a signature, or None when it cannot be read in full.
+
+    cryptography parses lazily, so every field used later is touched here; a certificate
+    that fails is ignored (the signer is then not found, or the chain not built).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. non-positive serial numbers (RFC 5280)
+            cert = x509.load_der_x509_certificate(der)
+            cert.subject.rfc4514_string()
+            cert.issuer.public_bytes()
+            cert.public_key()
+            _ = (cert.not_valid_before_utc, cert.not_valid_after_utc)
+            for _extension in cert.extensions:
+                pass
+            if cert.serial_number <= 0:
+                return None
+    except Exception:  # noqa: BLE001 - any unreadable certificate is simply not a candidate
+        return None
+    return cert
+
+
 def _describe(cert: x509.Certificate) -> str:
     try:
         return cert.subject.rfc4514_string()
@@ -1079,12 +1103,7 @@ def verify(
     ``Verification`` with ``valid=False`` and ``code``/``error`` saying why.
     """
     content, signed = _extract(payload)
-    candidates: list[x509.Certificate] = []
-    for der in signed.certificates:
-        try:
-            candidates.append(x509.load_der_x509_certificate(der))
-        except ValueError:
-            continue
+    candidates = [cert for der in signed.certificates if (cert := _load_certificate(der))]
     if not signed.signers:
         return Verification(
             False, content, None, (), None, "the signature has no signer", code="NO_SIGNER"
