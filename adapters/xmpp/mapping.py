@@ -483,9 +483,9 @@ class XmppMapper:
             extensions.append(("xmpp.Body", "none"))
             others.extend(e for e in (parts.received, parts.displayed, state) if e is not None)
         extensions.extend(("xmpp.Element", _element_text(element)) for element in others)
-        namespaces: list[tuple[str | None, str]] = []
-        if extensions:
-            namespaces.append(("xmpp", XMPP_HEADERS_NS))
+        # always declared: it marks a payload made from a native stanza, which alone comes
+        # back as that stanza without carriage (foreign messages get ids from the identity)
+        namespaces: list[tuple[str | None, str]] = [("xmpp", XMPP_HEADERS_NS)]
         if disposition:
             namespaces.append(("imdn", IMDN_HEADERS_NS))
             extensions.append(("imdn.Message-ID", attrs["id"]))
@@ -539,7 +539,7 @@ class XmppMapper:
             except ParseError as exc:
                 losses.append(Loss("payload", f"message/cpim not readable ({exc}); carried only"))
                 message = None
-            if message is not None:
+            if message is not None and XMPP_HEADERS_NS in message.namespaces.values():
                 try:
                     native = self._rebuild_native(message, sender, recipient)
                     _add_hops(native, envelope)
@@ -547,6 +547,7 @@ class XmppMapper:
                         return Mapped(native, tuple(losses))
                 except GatewayError:
                     pass
+            if message is not None:
                 stanza = self._readable(message, sender, recipient, envelope)
         if stanza is None:
             stanza = self._new_stanza(sender, recipient, envelope, None)

@@ -82,6 +82,7 @@ class ProsodyServer:
     def register(self, user: str, password: str) -> str:
         """Create an account with prosodyctl (works with the server running or not)."""
         ctl = require_binary("prosodyctl", "prosody")
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
             [ctl, "--config", str(CONFIG), "register", user, self.domain, password],
             env={**os.environ, **self.env},
