@@ -11,12 +11,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from slixmpp import Message
-from slixmpp.xmlstream.tostring import tostring
 
+from adapters.contract import AdapterContext, Receipt
+from adapters.xmpp.adapter import XmppAdapter, XmppConfig
 from adapters.xmpp.jid import AddressMap
 from adapters.xmpp.mapping import XmppMapper
 from canonical import cpim
 from canonical.envelope import Envelope, Operation, Origin, Payload
+from tests.servers.prosody import ProsodyServer
+from tests.xmpp.users import User
 
 MAPPER = XmppMapper(AddressMap("sip.xmpp.test", {"sip.xmpp.test": "sip:sip.test"}))
 STANZA = (
@@ -82,11 +85,6 @@ NATIVE = MAPPER.to_canonical(MAPPER.decode(STANZA), origin=Origin("xmpp"), recei
 
 
 async def through_prosody(count: int = 2000) -> float:
-    from adapters.contract import AdapterContext, Receipt
-    from adapters.xmpp.adapter import XmppAdapter, XmppConfig
-    from tests.servers.prosody import ProsodyServer
-    from tests.xmpp.users import User
-
     with tempfile.TemporaryDirectory() as tmp:
         server = ProsodyServer(Path(tmp))
         server.register("alice", "alicepw")
@@ -109,7 +107,7 @@ async def through_prosody(count: int = 2000) -> float:
             task = asyncio.create_task(adapter.run(deliver))
             alice = User("alice@xmpp.test/bench", "alicepw")
             await alice.login(server.c2s_port)
-            while not adapter.ready():
+            while not adapter.ready():  # noqa: ASYNC110 - polling the shell's readiness
                 await asyncio.sleep(0.02)
             start = time.perf_counter()
             sends = [adapter.send(FOREIGN.replace(identity=f"{i:032x}")) for i in range(count)]
