@@ -766,10 +766,15 @@ def _extract(payload: Payload) -> tuple[bytes, _SignedData]:
 
 def signed_content(payload: Payload) -> bytes | None:
     """The signed content of a signed payload without verifying (read-only, for routing
-    and mapping); None when the payload is not signed or is malformed."""
+    and mapping); None when the payload is not signed or cannot be read. For
+    multipart/signed only the MIME framing is read (the first part's exact bytes), not the
+    signature; for pkcs7-mime signed-data the CMS structure must be readable."""
     if not payload.is_signed:
         return None
     try:
+        detached, _ = _split_signed(payload)
+        if detached is not None:
+            return detached  # multipart/signed: no need to read the CMS structure
         return _extract(payload)[0]
     except ParseError:
         return None
