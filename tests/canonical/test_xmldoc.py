@@ -81,11 +81,14 @@ def test_tree_equals_what_elementtree_builds(data: bytes) -> None:
     assert ET.tostring(ours) == ET.tostring(theirs)
 
 
-def test_vector_and_peer_documents_parse() -> None:
-    sipp = Path("/work/shared/servers/configs/sipp/pidf.xml")
-    data = sipp.read_bytes() if sipp.exists() else None
-    if data is not None:
-        assert parse_xml(data).attrib["entity"] == "sip:carol@sip.test"
+def test_pidf_of_vector_017_parses(vectors_dir: Path) -> None:
+    data = (vectors_dir / "cpim" / "valid" / "017-pidf-body.cpim").read_bytes()
+    root = parse_xml(data.split(b"\r\n\r\n", 3)[3])  # the entity body after its blank line
+    assert root.tag == f"{{{PIDF_NS}}}presence"
+    assert root.attrib == {"entity": "pres:ada@example.com"}
+    note = root.find(f"{{{PIDF_NS}}}tuple/{{{PIDF_NS}}}note")
+    assert note is not None
+    assert note.attrib == {XML_LANG: "en"}
 
 
 # --- refused constructs ----------------------------------------------------------------------
