@@ -28,8 +28,13 @@ from tests.canonical.test_smime import make_intermediate
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not found")
 
-#: After the openssl-made certificates start (they start when the fixture runs).
-NOW = pki.NOW + dt.timedelta(hours=1)
+
+def later() -> dt.datetime:
+    """A verification time after the openssl-made certificates start (they start when the
+    fixture runs, to the second) and inside every test certificate's lifetime."""
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
+
+
 ENTITY = (
     b"Content-type: Message/CPIM\r\n"
     b"\r\n"
@@ -240,7 +245,7 @@ def test_our_chain_embedding_satisfies_openssl(tmp_path: Path) -> None:
     )
     done = openssl_verify_exact(tmp_path, *split_like_the_readme(chained), tmp_path / "root.crt")
     assert done.returncode == 0, done.stderr
-    assert smime.verify(chained, [root.cert], now=NOW).valid
+    assert smime.verify(chained, [root.cert], now=later()).valid
 
 
 # ---------------------------------------------------------------------------- openssl -> ours
@@ -280,7 +285,7 @@ def test_openssl_detached_der_signature_verifies_with_ours(
     signer = signers[signer_name]
     der = openssl_sign(signer, tmp_path, content, "-outform", "DER")
     result = smime.verify(
-        wrap_by_hand(content, der), [signer.ca], now=NOW, expected_sender=signer.sender
+        wrap_by_hand(content, der), [signer.ca], now=later(), expected_sender=signer.sender
     )
     assert result.valid, result.error
     assert result.content == content
@@ -296,7 +301,7 @@ def test_openssl_smime_output_verifies_with_ours(
     mime = openssl_sign(signer, tmp_path, ENTITY, *extra)
     payload = smime.payload_from_entity(mime)
     assert payload.media_type == "multipart/signed"
-    result = smime.verify(payload, [signer.ca], now=NOW)
+    result = smime.verify(payload, [signer.ca], now=later())
     assert result.valid, result.error
     assert result.content == ENTITY
 
@@ -308,7 +313,7 @@ def test_openssl_nodetach_signed_data_verifies_with_ours(
     signer = signers[signer_name]
     der = openssl_sign(signer, tmp_path, BINARY_ENTITY, "-nodetach", "-outform", "DER")
     payload = Payload("application/pkcs7-mime; smime-type=signed-data; name=smime.p7m", der)
-    result = smime.verify(payload, [signer.ca], now=NOW)
+    result = smime.verify(payload, [signer.ca], now=later())
     assert result.valid, result.error
     assert result.content == BINARY_ENTITY
     assert smime.signed_content(payload) == BINARY_ENTITY
@@ -324,7 +329,7 @@ def test_openssl_rsa_pss_signature_verifies_with_ours(
     payload = wrap_by_hand(ENTITY, der)
     _, signed = smime._extract(payload)
     assert signed.signers[0].signature_algo == "rsassa_pss"
-    result = smime.verify(payload, [signer.ca], now=NOW)
+    result = smime.verify(payload, [signer.ca], now=later())
     assert result.valid, result.error
 
 
@@ -333,7 +338,7 @@ def test_openssl_signature_without_attributes_verifies_with_ours(
 ) -> None:
     signer = signers["openssl-p384"]
     der = openssl_sign(signer, tmp_path, ENTITY, "-outform", "DER", "-noattr")
-    assert smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=NOW).valid
+    assert smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=later()).valid
 
 
 def test_openssl_sha1_signature_is_refused_as_weak(
@@ -341,7 +346,7 @@ def test_openssl_sha1_signature_is_refused_as_weak(
 ) -> None:
     signer = signers["openssl-rsa"]
     der = openssl_sign(signer, tmp_path, ENTITY, "-outform", "DER", "-md", "sha1")
-    result = smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=NOW)
+    result = smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=later())
     assert not result.valid
     assert result.code == "WEAK_ALGORITHM"
 
@@ -353,7 +358,7 @@ def test_openssl_signature_with_subject_key_identifier_verifies(
     der = openssl_sign(signer, tmp_path, ENTITY, "-outform", "DER", "-keyid")
     _, signed = smime._extract(wrap_by_hand(ENTITY, der))
     assert signed.signers[0].key_id is not None
-    assert smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=NOW).valid
+    assert smime.verify(wrap_by_hand(ENTITY, der), [signer.ca], now=later()).valid
 
 
 # ---------------------------------------------------------------------------- encryption
@@ -435,7 +440,7 @@ def test_damaged_content_fails_for_ours_and_for_openssl(
     damaged = damage(part1)
     assert damaged != part1
     tampered = Payload(payload.content_type, payload.body.replace(part1, damaged))
-    result = smime.verify(tampered, [signer.ca], now=NOW)
+    result = smime.verify(tampered, [signer.ca], now=later())
     assert not result.valid
     assert result.code == "CONTENT_MISMATCH"
     done = openssl_verify_exact(tmp_path, damaged, der, signer.ca_file)
@@ -459,17 +464,20 @@ def test_text_mode_openssl_would_hide_lf_damage_that_we_catch(
     )  # fmt: skip
     assert text_mode.returncode == 0, text_mode.stderr
     tampered = Payload(payload.content_type, payload.body.replace(part1, lf_normalise(part1)))
-    assert smime.verify(tampered, [signer.ca], now=NOW).code == "CONTENT_MISMATCH"
+    assert smime.verify(tampered, [signer.ca], now=later()).code == "CONTENT_MISMATCH"
 
 
 def test_expired_signer_fails_for_ours_and_for_openssl(tmp_path: Path) -> None:
     ca = pki.make_ca("expiry CA")
     old = pki.make_leaf(
-        ca, "Old", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
+        ca,
+        "Old",
+        not_before=pki.NOW - dt.timedelta(days=30),
+        not_after=pki.NOW - dt.timedelta(days=1),
     )
     signer = pki_signer(tmp_path, "old", ca, old)
     payload = smime.sign(ENTITY, signer.cert, signer.key)
-    assert smime.verify(payload, [ca.cert], now=NOW).code == "EXPIRED"
+    assert smime.verify(payload, [ca.cert], now=later()).code == "EXPIRED"
     done = openssl_verify_exact(tmp_path, *split_like_the_readme(payload), signer.ca_file)
     assert done.returncode != 0
     assert b"expired" in done.stderr
@@ -480,7 +488,7 @@ def test_untrusted_signer_fails_for_ours_and_for_openssl(
 ) -> None:
     signer, stranger = signers["openssl-p384"], signers["openssl-rsa"]
     payload = smime.sign(ENTITY, signer.cert, signer.key)
-    assert smime.verify(payload, [stranger.ca], now=NOW).code == "UNTRUSTED"
+    assert smime.verify(payload, [stranger.ca], now=later()).code == "UNTRUSTED"
     done = openssl_verify_exact(tmp_path, *split_like_the_readme(payload), stranger.ca_file)
     assert done.returncode != 0
     assert b"unable to get local issuer certificate" in done.stderr
