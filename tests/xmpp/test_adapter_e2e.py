@@ -369,14 +369,23 @@ async def test_presence_subscription_both_ways(prosody: ProsodyServer) -> None:
         )
         await carol.wait_for(lambda s: s.name == "presence" and s["type"] == "subscribe")
         carol.send_presence(pto=contact, ptype="subscribed")
-        auth = await recorder.wait(2)
-        assert auth[1].operation is Operation.AUTHORIZE
-        assert auth[1].granted is True
+        # Prosody first sends an unavailable from the bare JID (servers NOTES §1.5)
+        async with asyncio.timeout(10):
+            while not any(e.operation is Operation.AUTHORIZE for e in recorder.envelopes):
+                recorder.changed.clear()
+                await recorder.changed.wait()
+        auth = next(e for e in recorder.envelopes if e.operation is Operation.AUTHORIZE)
+        assert auth.granted is True
+        assert auth.sender == "xmpp:carol@xmpp.test"
         # now carol's presence flows to the foreign side as PIDF
         carol.send_presence(pshow="dnd", pstatus="busy")
-        envs = await recorder.wait(3)
+        async with asyncio.timeout(10):
+            while not any(e.payload and b"dnd" in e.payload.body for e in recorder.envelopes):
+                recorder.changed.clear()
+                await recorder.changed.wait()
+        envs = recorder.envelopes
         notify = next(
-            e for e in envs[2:] if e.operation is Operation.NOTIFY and b"dnd" in e.payload.body
+            e for e in envs if e.operation is Operation.NOTIFY and b"dnd" in e.payload.body
         )  # type: ignore[union-attr]
         assert notify.sender == "xmpp:carol@xmpp.test/p"
 
