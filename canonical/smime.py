@@ -59,6 +59,7 @@ from canonical.errors import GatewayError, ParseError, Reason, SecurityError
 __all__ = [
     "ENVELOPED_CONTENT_TYPE",
     "DecryptionError",
+    "Micalg",
     "SmimeError",
     "Verification",
     "decrypt",
@@ -440,7 +441,7 @@ def _header_block_end(data: bytes, start: int, end: int, what: str) -> int:
 
 def _check_entity_canonical(data: bytes, start: int, end: int, *, depth: int) -> None:
     body_start = _header_block_end(data, start, end, "MIME entity")
-    block = _read_header_block(data[:body_start], start)
+    block = _read_header_block(data, start)
     media, params = _parse_content_type(block.get("Content-Type") or "text/plain")
     encoding = (block.get("Content-Transfer-Encoding") or "").lower()
     if depth >= _MAX_DEPTH:
