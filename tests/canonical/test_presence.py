@@ -3,6 +3,8 @@ priority scaling."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,9 @@ from canonical.presence import (
     tuple_id_for,
     xmpp_priority,
 )
+from tests.servers.kamailio import kamailio
+from tests.servers.process import free_port
+from tests.servers.sipp import run_sipp, sipp_uas
 
 # What peers sent, byte for byte (/work/shared/servers/configs/sipp/pidf.xml and the captures
 # in /work/shared/servers/evidence/presence_publish_vs_notify.txt and pua_xmpp_publish.txt).
@@ -464,3 +469,88 @@ def test_priority_scaling_is_monotonic_from_pidf(milli: int) -> None:
     assert 0 <= xmpp_priority(q) <= 127
     if milli:
         assert xmpp_priority((milli - 1) / 1000) <= xmpp_priority(q)
+
+
+# --- through a real presence server ----------------------------------------------------------
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.e2e
+def test_built_pidf_keeps_its_views_through_kamailio_presence(tmp_path: Path) -> None:
+    """PUBLISH what build_pidf writes to Kamailio (presence + presence_xml), SUBSCRIBE as a
+    watcher, and read the NOTIFY bodies Kamailio re-serialised: the views must be unchanged."""
+    entity = "pres:carol@sip.test"
+    open_doc = build_pidf(
+        entity=entity,
+        tuples=[
+            PresenceTuple(
+                tuple_id_for("desk phone"),
+                "open",
+                "sip:carol@sip.test",
+                pidf_priority(64),
+                (Note("Grüße ✓ & <tea>", "de"), Note("tea", "en")),
+                "2024-03-05T14:10:00Z",
+                "away",
+            )
+        ],
+        notes=[Note("back soon", "en")],
+        activities=["meeting"],
+    )
+    # a second publication (no SIP-If-Match): Kamailio aggregates it with the first (RFC 3903)
+    closed_doc = build_pidf(
+        entity=entity,
+        tuples=[PresenceTuple(tuple_id_for("mobile"), "closed", "sip:carol@sip.test")],
+    )
+    files = []
+    for i, doc in enumerate((open_doc, closed_doc)):
+        path = tmp_path / f"pidf{i}.xml"
+        path.write_bytes(doc.raw)
+        files.append(path)
+    with kamailio(
+        tmp_path / "kamailio", gateway=f"sip:127.0.0.1:{free_port('udp')};transport=udp"
+    ) as server:
+        remote = f"127.0.0.1:{server.port}"
+        with sipp_uas(
+            "subscribe_watcher.xml",
+            tmp_path / "watcher",
+            name="watcher",
+            remote=remote,
+            keys={"dest_domain": "sip.test"},
+            calls=1,
+            extra=["-s", "carol"],
+        ) as watcher:
+
+            def notifies() -> list[bytes]:
+                return [m for m in watcher.received() if m.startswith(b"NOTIFY ")]
+
+            assert _wait_for(lambda: len(notifies()) >= 1, 15), server.log
+            for i, path in enumerate(files):
+                run = run_sipp(
+                    "publish_presence.xml",
+                    tmp_path / f"publisher{i}",
+                    remote=remote,
+                    service="carol",
+                    keys={"body_file": str(path)},
+                )
+                assert run.returncode == 0, run.output
+                assert _wait_for(lambda n=i + 2: len(notifies()) >= n, 15), server.log
+            bodies = [m.split(b"\r\n\r\n", 1)[1] for m in notifies()[1:3]]
+    first, both = parse_pidf(bodies[0]), parse_pidf(bodies[1])
+    assert first.raw != open_doc.raw  # Kamailio re-serialises (double quotes, ...)
+    assert first.entity == open_doc.entity
+    assert first.tuples == open_doc.tuples
+    assert first.notes == open_doc.notes
+    assert first.activities == open_doc.activities
+    assert first.defects == ()
+    assert both.entity == entity
+    assert sorted(both.tuples, key=repr) == sorted(open_doc.tuples + closed_doc.tuples, key=repr)
+    assert both.basic == "open"
+    assert both.defects == ()
