@@ -307,11 +307,14 @@ def test_openssl_smime_output_verifies_with_ours(
 
 
 @pytest.mark.parametrize("signer_name", ["pki-rsa", "openssl-p384"])
+@pytest.mark.parametrize("stream", [False, True], ids=["der", "ber-indefinite"])
 def test_openssl_nodetach_signed_data_verifies_with_ours(
-    signers: dict[str, Signer], tmp_path: Path, signer_name: str
+    signers: dict[str, Signer], tmp_path: Path, signer_name: str, stream: bool
 ) -> None:
     signer = signers[signer_name]
-    der = openssl_sign(signer, tmp_path, BINARY_ENTITY, "-nodetach", "-outform", "DER")
+    extra = ["-stream"] if stream else []
+    der = openssl_sign(signer, tmp_path, BINARY_ENTITY, "-nodetach", "-outform", "DER", *extra)
+    assert (der[1] == 0x80) is stream  # -stream writes indefinite-length BER
     payload = Payload("application/pkcs7-mime; smime-type=signed-data; name=smime.p7m", der)
     result = smime.verify(payload, [signer.ca], now=later())
     assert result.valid, result.error
