@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.sip.codec import Request, Response, reply
+from adapters.sip.header import quote
 from adapters.sip.mapping import (
     SIP_NS,
     BodyRoute,
@@ -421,7 +422,7 @@ def native_messages(draw: st.DrawFn) -> Request:
     for name in draw(st.lists(st.sampled_from(["X-Mood", "Priority", "Date"]), max_size=2)):
         extra.append((name, draw(header_values)))
     display = draw(st.none() | names)
-    from_ = (f'"{display}" ' if display else "") + f"<sip:{draw(users)}@sip.test>;tag=t"
+    from_ = (f"{quote(display)} " if display else "") + f"<sip:{draw(users)}@sip.test>;tag=t"
     if kind == "cpim":
         return message(CPIM_BODY, "message/cpim", extra=extra, from_=from_)
     if kind == "iscomposing":
