@@ -55,12 +55,14 @@ def envelope_into(
     duration: int | None = None,
     granted: bool | None = None,
     attributes: dict[str, str] | None = None,
+    sender: str | None = None,
 ) -> Envelope:
-    """An envelope the gateway hands to ``target``: from its remote user to its local one."""
+    """An envelope the gateway hands to ``target``: from its remote user (or ``sender``)
+    to its local one."""
     body = payload.body if payload is not None else operation.value.encode("ascii")
     return Envelope(
         operation=operation,
-        sender=target.remote,
+        sender=sender or target.remote,
         recipient=target.local,
         payload=payload,
         identity=identity_of("conformance", target.name, body),

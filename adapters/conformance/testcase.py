@@ -38,6 +38,8 @@ class AdapterConformance:
 
     #: The adapter under test: its entry-point name (it must be installed) or its class.
     adapter: ClassVar[str | type[Adapter]]
+    #: The name the reports use; default: the entry-point name, or the adapter's kind.
+    name: ClassVar[str | None] = None
     #: Offline config and addresses; default: the adapter's own ``sample()``.
     sample: ClassVar[Sample | None] = None
     #: Extra vector folders (same layout as ``canonical/vectors``).
@@ -66,12 +68,12 @@ class AdapterConformance:
         """The adapter under test as a :class:`~adapters.conformance.target.Target`."""
         chosen = cls.adapter
         if isinstance(chosen, str):
-            if cls.sample is None:
+            if cls.sample is None and cls.name is None:
                 return Target.installed(chosen)
             from adapters.contract import load  # noqa: PLC0415
 
-            return Target.from_adapter(load(chosen), name=chosen, sample=cls.sample)
-        return Target.from_adapter(chosen, sample=cls.sample)
+            return Target.from_adapter(load(chosen), name=cls.name or chosen, sample=cls.sample)
+        return Target.from_adapter(chosen, name=cls.name, sample=cls.sample)
 
     @classmethod
     def conformance_suite(cls) -> Suite:

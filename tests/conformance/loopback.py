@@ -246,3 +246,9 @@ class LoopbackAdapter(Adapter):
 
     async def stop(self) -> None:
         return None
+
+
+class CrlfLossAdapter(LoopbackAdapter):
+    """The loopback adapter with the silent CRLF loss: a plugin that must fail the suite."""
+
+    mapper_class: ClassVar[type[LoopbackMapper]] = SilentCrlfLoss
