@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from canonical.errors import Defect, ParseError
-from canonical.policy import Policy, Profile, resolve
+from canonical.policy import DEFAULT, Policy, Profile, resolve
 
 __all__ = [
     "CPIM_NS",
@@ -186,11 +186,13 @@ _TC = _NC + r".\u0080-\U0010ffff"  # TOKENCHAR = NAMECHAR / "." / UCS-high
 _STR_BODY = r'(?:[^"\\\x00-\x1f\x7f]|\\.)*'  # String content, escapes checked apart
 _PARAMS = rf'(?:;[{_NC}]+=(?:[{_TC}]+|"{_STR_BODY}"))*'
 
-# A header line with nothing to report (the common case): name, params, SP, value with no
-# control character and no trailing whitespace. Groups: name, prefix, local, params, value.
-_CLEAN_LINE = re.compile(
-    rf"((?:([{_NC}]+)\.)?([{_NC}]+)):({_PARAMS}) ([^\x00-\x1f\x7f]*[^\x00-\x20\x7f])"
-)
+# The part of a header line before its first SP when nothing is wrong with it (the common
+# case): Header-name ":" *( ";" Parameter ) with Token values. Lines whose parameters hold
+# a quoted String (which may contain SP) are read by the slow path.
+# Groups: name, prefix, local, params.
+_HEAD = re.compile(rf"((?:([{_NC}]+)\.)?([{_NC}]+)):((?:;[{_NC}]+=[{_TC}]+)*)")
+# Bytes that may not appear raw in a header line (CTL, RFC 2234), CR LF included.
+_CTL_BYTES: Final = bytes(range(0x20)) + b"\x7f"
 _NAME = re.compile(rf"(?:([{_NC}]+)\.)?([{_NC}]+)")
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _PARAM_NAME = re.compile(rf"[{_NC}]*")
@@ -413,7 +415,7 @@ class Header:
     def params(self) -> tuple[tuple[str, str], ...]:
         """``(name, decoded value)`` pairs in order (RFC 3862 §3.6 Parameter)."""
         if self._params is None:
-            self._params = _read_params(self._params_text, None, 0, 0) if self._params_text else ()
+            self._params = _read_params(self._params_text) if self._params_text else ()
         return self._params
 
     @property
@@ -454,14 +456,61 @@ class Header:
         return f"Header({self._name!r}, {self._value_raw!r}, line={self._line})"
 
 
-# A header as the scanner records it (cheap to make; Header objects are built on demand):
-# name, prefix, local, namespace, params_text, value_raw, line, offset, end.
-_Record = tuple[str, str | None, str, str | None, str, str, int, int, int]
-
-
 # --------------------------------------------------------------------------------------
 # The message
 # --------------------------------------------------------------------------------------
+
+# A header as the scanner records it, cheap to make (Header objects are built on demand):
+# (head, namespace, value_raw, index) where head = (name, prefix, local, params_text) is
+# shared between messages for recurring heads, and index is the header's (first) line
+# within the block. Byte offsets and line numbers come from a _Layout when needed.
+_Head = tuple[str, str | None, str, str]
+_Record = tuple[_Head, str | None, str, int]
+# Where the parts are: outer MIME headers, first CPIM header, end of the CPIM block,
+# entity headers, body offset, and the defects found while reading.
+_Frame = tuple[
+    tuple[tuple[str, str], ...], int, int, tuple[tuple[str, str], ...], int, tuple[Defect, ...]
+]
+
+
+class _Layout:
+    """Where each line of a CPIM header block is: byte offsets and line numbers, computed
+    on demand (errors, Header objects, edits, strict checks) rather than while parsing."""
+
+    __slots__ = ("ascii_only", "first_line", "lines", "starts")
+
+    def __init__(self, data: bytes, h0: int, h_end: int, lines: list[str] | None = None) -> None:
+        if lines is None:
+            lines = data[h0:h_end].decode("utf-8").split("\r\n") if h_end > h0 else []
+        self.lines = lines
+        self.ascii_only = h_end - h0 == sum(map(len, lines)) + 2 * len(lines) - 2
+        starts = [h0]
+        at = h0
+        if self.ascii_only:
+            for line in lines:
+                at += len(line) + 2
+                starts.append(at)
+        else:
+            for line in lines:
+                at += len(line.encode("utf-8")) + 2
+                starts.append(at)
+        self.starts = starts
+        self.first_line = data.count(b"\n", 0, h0) + 1
+
+    def span(self, records: Sequence[_Record], k: int) -> tuple[int, int, int, int]:
+        """Offset, end (after CRLF), value offset and line number of record ``k``."""
+        record = records[k]
+        i = record[3]
+        j = records[k + 1][3] if k + 1 < len(records) else len(self.lines)
+        offset = self.starts[i]
+        value = record[2]
+        if "\r\n" in value:
+            value = value.split("\r\n", 1)[0]
+        if self.ascii_only:
+            voff = offset + len(self.lines[i]) - len(value)
+        else:
+            voff = offset + _byte_len(self.lines[i]) - _byte_len(value)
+        return offset, self.starts[j], voff, self.first_line + i
 
 
 class CpimMessage:
@@ -482,52 +531,28 @@ class CpimMessage:
     Make one with :func:`parse`, :func:`parse_body` or :func:`build`.
     """
 
-    __slots__ = (
-        "_body",
-        "_body_offset",
-        "_data",
-        "_defects",
-        "_entity_headers",
-        "_form",
-        "_headers",
-        "_headers_offset",
-        "_mime_headers",
-        "_namespaces",
-        "_parties",
-        "_policy",
-        "_records",
-        "_views",
-    )
+    __slots__ = ("_data", "_defects", "_form", "_frame", "_memo", "_policy", "_records")
 
-    def __init__(  # noqa: PLR0917 - internal, hot path
+    def __init__(  # noqa: PLR0917 - internal constructor
         self,
         data: bytes,
         form: Form,
         policy: Policy,
-        mime_headers: tuple[tuple[str, str], ...],
-        headers_offset: int,
         records: list[_Record],
-        namespaces: dict[str | None, str],
-        parties: dict[int, Party],
-        entity_headers: tuple[tuple[str, str], ...],
-        body_offset: int,
-        defects: tuple[Defect, ...],
+        frame: _Frame,
+        defects: tuple[Defect, ...] | None,
     ) -> None:
-        """Internal: use :func:`parse`, :func:`parse_body` or :func:`build`."""
+        """Internal: use :func:`parse`, :func:`parse_body` or :func:`build`.
+
+        ``defects`` is None while the values are still to be checked (lenient mode); the
+        defects found while reading are then in ``frame``.
+        """
         self._data = data
         self._form = form
         self._policy = policy
-        self._mime_headers = mime_headers
-        self._headers_offset = headers_offset
         self._records = records
-        self._namespaces = namespaces
-        self._parties = parties
-        self._entity_headers = entity_headers
-        self._body_offset = body_offset
+        self._frame = frame
         self._defects = defects
-        self._headers: tuple[Header, ...] | None = None
-        self._body: bytes | None = None
-        self._views: dict[str, Any] = {}
 
     # -- bytes and structure ------------------------------------------------------------
 
@@ -543,32 +568,48 @@ class CpimMessage:
 
     @property
     def policy(self) -> Policy:
-        """The policy the message was read with (edits re-read with it)."""
+        """The policy the message was read with (edits are read again with it)."""
         return self._policy
 
     @property
     def mime_headers(self) -> tuple[tuple[str, str], ...]:
         """The outer MIME headers ``(name, raw value)`` (entity form; empty for a body)."""
-        return self._mime_headers
+        return self._frame[0]
 
     @property
     def headers_offset(self) -> int:
         """Byte offset of the first CPIM header (where the body form starts)."""
-        return self._headers_offset
+        return self._frame[1]
 
     @property
     def entity_headers(self) -> tuple[tuple[str, str], ...]:
         """The encapsulated entity's headers ``(name, raw value)`` as MIME keeps them."""
-        return self._entity_headers
+        return self._frame[3]
 
     @property
     def body_offset(self) -> int:
         """Byte offset of the body (after the entity's blank line)."""
-        return self._body_offset
+        return self._frame[4]
+
+    @property
+    def body(self) -> bytes:
+        """The encapsulated entity's body: every byte after its blank line."""
+        return self._data[self._frame[4] :]
 
     @property
     def defects(self) -> tuple[Defect, ...]:
-        """Violations accepted in lenient mode, and warnings (:data:`WARNING_CODES`)."""
+        """Violations accepted in lenient mode, and warnings (:data:`WARNING_CODES`), in
+        the order of their offsets.
+
+        Lenient parsing checks the line structure at once and the header values (§4
+        syntax, escapes, parameters, undefined prefixes, profile rules) on first access
+        of this attribute: they never decide whether a lenient parse succeeds.
+        """
+        if self._defects is None:
+            faults = _Faults(self._data, strict=False)
+            _check_values(self._records, self._layout(), faults, self._policy.profile)
+            merged = self._frame[5] + tuple(faults.items)
+            self._defects = tuple(sorted(merged, key=lambda d: d.offset or 0))
         return self._defects
 
     def __bytes__(self) -> bytes:
@@ -585,59 +626,86 @@ class CpimMessage:
     def __repr__(self) -> str:
         return (
             f"<CpimMessage {self._form} form, {len(self._records)} headers, "
-            f"{len(self._data) - self._body_offset} body bytes, {len(self._defects)} defects>"
+            f"{len(self._data) - self._frame[4]} body bytes>"
         )
+
+    def _memory(self) -> dict[str, Any]:
+        try:
+            return self._memo
+        except AttributeError:  # first use: not set while parsing, to keep that cheap
+            self._memo: dict[str, Any] = {}
+            return self._memo
+
+    def _layout(self) -> _Layout:
+        memo = self._memory()
+        layout: _Layout | None = memo.get("layout")
+        if layout is None:
+            layout = memo["layout"] = _Layout(self._data, self._frame[1], self._frame[2])
+        return layout
 
     @property
     def headers(self) -> tuple[Header, ...]:
         """The CPIM message headers in source order."""
-        if self._headers is None:
+        memo = self._memory()
+        headers: tuple[Header, ...] | None = memo.get("headers")
+        if headers is None:
+            layout = self._layout()
+            records = self._records
             data = self._data
-            self._headers = tuple(
-                Header(r[0], r[1], r[2], r[3], r[4], r[5], data, r[6], r[7], r[8])
-                for r in self._records
-            )
-        return self._headers
-
-    @property
-    def body(self) -> bytes:
-        """The encapsulated entity's body: every byte after its blank line."""
-        if self._body is None:
-            self._body = self._data[self._body_offset :]
-        return self._body
+            items = []
+            for k, (head, namespace, value, _) in enumerate(records):
+                offset, end, _voff, number = layout.span(records, k)
+                items.append(
+                    Header(
+                        head[0],
+                        head[1],
+                        head[2],
+                        namespace,
+                        head[3],
+                        value,
+                        data,
+                        number,
+                        offset,
+                        end,
+                    )
+                )
+            headers = memo["headers"] = tuple(items)
+        return headers
 
     # -- views ----------------------------------------------------------------------------
 
     @property
     def sender(self) -> Party | None:
-        """The first From header (RFC 3862 §4.1), or None."""
-        for i, r in enumerate(self._records):
-            if r[2] == "From" and r[3] == CPIM_NS:
-                return self._parties[i]
+        """The first From header (RFC 3862 §4.1), or None.
+
+        A malformed value (lenient mode) gives a best-effort Party: the URI is what the
+        last ``<...>`` holds, or the whole value.
+        """
+        for head, namespace, value, _ in self._records:
+            if head[2] == "From" and namespace == CPIM_NS:
+                return _party_of(value)
         return None
 
     @property
     def to(self) -> tuple[Party, ...]:
         """Every To header in order (RFC 3862 §4.2)."""
-        parties = self._parties
         return tuple(
-            parties[i] for i, r in enumerate(self._records) if r[2] == "To" and r[3] == CPIM_NS
+            [_party_of(r[2]) for r in self._records if r[0][2] == "To" and r[1] == CPIM_NS]
         )
 
     @property
     def cc(self) -> tuple[Party, ...]:
         """Every cc header in order (RFC 3862 §4.3)."""
-        parties = self._parties
         return tuple(
-            parties[i] for i, r in enumerate(self._records) if r[2] == "cc" and r[3] == CPIM_NS
+            [_party_of(r[2]) for r in self._records if r[0][2] == "cc" and r[1] == CPIM_NS]
         )
 
     @property
     def datetime(self) -> DateTimeValue | None:
         """The first DateTime header (RFC 3862 §4.4), or None (also when malformed)."""
-        for r in self._records:
-            if r[2] == "DateTime" and r[3] == CPIM_NS:
-                return parse_datetime(r[5])
+        for head, namespace, value, _ in self._records:
+            if head[2] == "DateTime" and namespace == CPIM_NS:
+                return parse_datetime(value)
         return None
 
     @property
@@ -672,26 +740,30 @@ class CpimMessage:
     @property
     def namespaces(self) -> dict[str | None, str]:
         """Prefix -> URI bindings after the last header (None: the default namespace)."""
-        return dict(self._namespaces)
+        bindings: dict[str | None, str] = {None: CPIM_NS}
+        for head, namespace, value, _ in self._records:
+            if head[2] == "NS" and namespace == CPIM_NS:
+                binding = _read_ns(value)
+                if binding is not None:
+                    bindings[binding[0]] = binding[1]
+        return bindings
 
     @property
     def requirements(self) -> tuple[Requirement, ...]:
-        """Every name listed by the core Require headers, resolved (RFC 3862 §3.5)."""
-        found: tuple[Requirement, ...] | None = self._views.get("require")
-        if found is None:
-            items: list[Requirement] = []
-            bindings: dict[str | None, str] = {None: CPIM_NS}
-            for r in self._records:
-                if r[3] != CPIM_NS:
-                    continue
-                if r[2] == "NS":
-                    binding = _read_ns(r[5])
-                    if binding is not None:
-                        bindings[binding[0]] = binding[1]
-                elif r[2] == "Require":
-                    items.extend(_read_require(r[5], bindings))
-            found = self._views["require"] = tuple(items)
-        return found
+        """Every name listed by the core Require headers, resolved through the NS bindings
+        in force at its line (RFC 3862 §3.5)."""
+        found: list[Requirement] = []
+        bindings: dict[str | None, str] = {None: CPIM_NS}
+        for head, namespace, value, _ in self._records:
+            if namespace != CPIM_NS:
+                continue
+            if head[2] == "NS":
+                binding = _read_ns(value)
+                if binding is not None:
+                    bindings[binding[0]] = binding[1]
+            elif head[2] == "Require":
+                found.extend(_read_require(value, bindings))
+        return tuple(found)
 
     @property
     def require(self) -> tuple[str, ...]:
@@ -701,7 +773,7 @@ class CpimMessage:
     @property
     def content_type(self) -> str | None:
         """The encapsulated entity's Content-Type value, unfolded and stripped."""
-        for name, value in self._entity_headers:
+        for name, value in self._frame[3]:
             if name.lower() == "content-type":
                 return value.replace("\r\n", "").strip()
         return None
@@ -715,17 +787,17 @@ class CpimMessage:
 
     def find(self, local: str, namespace: str = CPIM_NS) -> tuple[Header, ...]:
         """Headers whose resolved (namespace, local name) match, in source order."""
-        picks = [i for i, r in enumerate(self._records) if r[2] == local and r[3] == namespace]
+        picks = [k for k, r in enumerate(self._records) if r[0][2] == local and r[1] == namespace]
         if not picks:
             return ()
         headers = self.headers
-        return tuple(headers[i] for i in picks)
+        return tuple(headers[k] for k in picks)
 
     # -- forms and edits --------------------------------------------------------------------
 
     def to_body(self) -> bytes:
         """The body form (first CPIM header to the end), as a SIP MESSAGE body carries it."""
-        return self._data[self._headers_offset :]
+        return self._data[self._frame[1] :]
 
     def to_entity(self, mime_header: bytes = MIME_HEADER) -> bytes:
         """The entity form; for an entity-form message, its own bytes unchanged.
@@ -738,6 +810,11 @@ class CpimMessage:
         if not mime_header.endswith(b"\r\n") or b"\r\n\r\n" in mime_header:
             raise ValueError("mime_header must be header lines, each ending with CRLF")
         return mime_header + b"\r\n" + self._data
+
+    def _blank_offset(self) -> int:
+        """Offset of the blank line that ends the CPIM header block."""
+        h0, h_end = self._frame[1], self._frame[2]
+        return h_end + 2 if h_end > h0 else h0
 
     def with_header(
         self,
@@ -756,9 +833,9 @@ class CpimMessage:
         line = _encode_header(name, value, params)
         count = len(self._records)
         if index is None or index == count:
-            at = self._records[-1][8] if self._records else self._headers_offset
+            at = self._blank_offset()
         elif 0 <= index < count:
-            at = self._records[index][7]
+            at = self._layout().span(self._records, index)[0]
         else:
             raise IndexError(f"header index {index} out of range 0..{count}")
         return _parse(self._data[:at] + line + self._data[at:], self._form, self._policy)
@@ -770,7 +847,9 @@ class CpimMessage:
         Without ``occurrence`` and with no such header, the message itself is returned;
         an ``occurrence`` that does not exist raises IndexError.
         """
-        spans = [(r[7], r[8]) for r in self._records if r[0] == name]
+        layout = self._layout()
+        records = self._records
+        spans = [layout.span(records, k)[:2] for k, r in enumerate(records) if r[0][0] == name]
         if occurrence is not None:
             if not 0 <= occurrence < len(spans):
                 raise IndexError(f"no occurrence {occurrence} of header {name!r}")
@@ -803,7 +882,11 @@ def parse(
     ``strict`` and ``profile`` override the ``policy`` (default: lenient, no profile).
     Raises :class:`~canonical.errors.ParseError`; see the module docstring for the modes.
     """
-    return _parse(_as_bytes(data), "entity", resolve(policy, strict=strict, profile=profile))
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    if policy is None and strict is None and profile is None:
+        return _parse(data, "entity", DEFAULT)
+    return _parse(data, "entity", _resolve(policy, strict, profile))
 
 
 def parse_body(
@@ -814,12 +897,28 @@ def parse_body(
     policy: Policy | None = None,
 ) -> CpimMessage:
     """Parse a transport body (starts at the first CPIM header, RFC 3862 §2 via SIP/MSRP)."""
-    return _parse(_as_bytes(data), "body", resolve(policy, strict=strict, profile=profile))
+    if type(data) is not bytes:
+        data = _as_bytes(data)
+    if policy is None and strict is None and profile is None:
+        return _parse(data, "body", DEFAULT)
+    return _parse(data, "body", _resolve(policy, strict, profile))
 
 
-def _as_bytes(data: bytes) -> bytes:
-    if type(data) is bytes:
-        return data
+_POLICIES: dict[tuple[Policy | None, bool | None, Profile | None], Policy] = {}
+
+
+def _resolve(policy: Policy | None, strict: bool | None, profile: Profile | None) -> Policy:
+    """:func:`canonical.policy.resolve`, remembered (policies are frozen and few)."""
+    key = (policy, strict, profile)
+    found = _POLICIES.get(key)
+    if found is None:
+        found = resolve(policy, strict=strict, profile=profile)
+        if len(_POLICIES) < 64:
+            _POLICIES[key] = found
+    return found
+
+
+def _as_bytes(data: object) -> bytes:
     if isinstance(data, bytes | bytearray | memoryview):
         return bytes(data)
     raise TypeError(f"message/cpim is parsed from bytes, not {type(data).__name__}")
@@ -849,6 +948,9 @@ class _Faults:
 
 
 def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
+    """Read ``data`` (RFC 3862 §2): find the three header blocks with byte searches, check
+    that they are CRLF lines, read the CPIM headers (:func:`_read_cpim_block`) and the
+    entity's MIME headers, then check values now (strict) or on demand (lenient)."""
     size = len(data)
     faults = _Faults(data, policy.strict)
     if size > policy.max_message_size:
@@ -860,12 +962,10 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     # 1. The outer MIME header block (entity form only; RFC 3862 §2.1).
     mime_headers: tuple[tuple[str, str], ...] = ()
     h0 = 0
-    first_line = 1
     if form == "entity":
         if data.startswith(_CANONICAL_MIME):
             mime_headers = _CANONICAL_MIME_HEADERS
-            h0 = len(_CANONICAL_MIME)
-            first_line = 3
+            h0 = 30
         else:
             if data.startswith(b"\r\n") or not data:
                 raise faults.fatal(
@@ -877,10 +977,9 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             end = data.find(b"\r\n\r\n")
             if end < 0:
                 raise _missing_blank(faults, 0, "the MIME header block", None)
-            mime_headers = _read_mime_block(data, 0, end, 1, faults, policy, "MIME header")
+            mime_headers = _read_mime_block(data, 0, end, faults, policy, "MIME header")
             _check_outer_type(mime_headers, faults)
             h0 = end + 4
-            first_line = data.count(b"\n", 0, h0) + 1
     # 2. The CPIM header block (RFC 3862 §2.2).
     if data.startswith(b"\r\n", h0):
         h_end = h0  # empty block: the blank line follows at once (vector 027)
@@ -910,34 +1009,31 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 _blank_line_clue(data, mime_headers, h0, h_end),
             )
         body_offset = e_end + 4
-    # Everything before the body is CRLF-delimited lines.
-    bare = _BARE.search(data, 0, e_end)
-    if bare is not None:
-        raise _bare_fault(faults, bare.start())
-    records, namespaces, parties = _read_cpim_block(data, h0, h_end, first_line, faults, policy)
-    entity_headers: tuple[tuple[str, str], ...] = ()
-    if e_end > e0:
-        e_line = data.count(b"\n", 0, e0) + 1
-        entity_headers = _read_mime_block(data, e0, e_end, e_line, faults, policy, "entity header")
-    if not any(name.lower() == "content-type" for name, _ in entity_headers):
-        detail = "the encapsulated MIME entity has no Content-Type header"
+    # Each header block checks that it is CRLF lines (no bare CR or LF) as it is read.
+    records: list[_Record] = []
+    lines: list[str] = []
+    if h_end > h0:
+        records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
+    entity_headers = _read_entity(data, e0, e_end, faults, policy) if e_end > e0 else ()
+    if (not entity_headers or entity_headers[0][0] not in _CONTENT_TYPE_NAMES) and not any(
+        name.lower() == "content-type" for name, _ in entity_headers
+    ):
         clue = _blank_line_clue(data, mime_headers, h0, h_end)
-        raise faults.fatal("ENTITY_NO_CONTENT_TYPE", detail + (clue[1] if clue else ""), e0)
-    if policy.profile == "msrp":
-        _check_msrp(records, faults, h_end + 2 if h_end > h0 else h0)
-    return CpimMessage(
-        data,
-        form,
-        policy,
-        mime_headers,
-        h0,
-        records,
-        namespaces,
-        parties,
-        entity_headers,
-        body_offset,
-        tuple(faults.items),
-    )
+        raise faults.fatal(
+            "ENTITY_NO_CONTENT_TYPE",
+            "the encapsulated MIME entity has no Content-Type header" + (clue[1] if clue else ""),
+            e0,
+        )
+    if policy.strict and records:
+        _check_values(records, _Layout(data, h0, h_end, lines), faults, policy.profile)
+    elif policy.strict and policy.profile == "msrp":
+        _check_msrp(records, None, faults, h0)
+    found = tuple(faults.items) if faults.items else ()
+    frame = (mime_headers, h0, h_end, entity_headers, body_offset, found)
+    return CpimMessage(data, form, policy, records, frame, found if policy.strict else None)
+
+
+_CONTENT_TYPE_NAMES: Final = frozenset({"Content-Type", "Content-type", "content-type"})
 
 
 def _bare_fault(faults: _Faults, at: int) -> ParseError:
@@ -1011,9 +1107,11 @@ def _byte_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
-def _check_block_limits(  # noqa: PLR0917 - internal, hot path
-    lines: list[str], block_size: int, start: int, first_line: int, faults: _Faults, policy: Policy
+def _check_block_limits(
+    lines: list[str], start: int, end: int, faults: _Faults, policy: Policy
 ) -> None:
+    """The policy limits on one header block: number of lines, longest line."""
+    first_line = faults.data.count(b"\n", 0, start) + 1
     if len(lines) > policy.max_headers:
         raise faults.fatal(
             "POLICY_TOO_MANY_HEADERS",
@@ -1022,7 +1120,7 @@ def _check_block_limits(  # noqa: PLR0917 - internal, hot path
             first_line,
         )
     limit = policy.max_line_length
-    if block_size <= limit:
+    if end - start <= limit:
         return
     offset = start
     for i, line in enumerate(lines):
@@ -1037,11 +1135,46 @@ def _check_block_limits(  # noqa: PLR0917 - internal, hot path
         offset += size + 2
 
 
-def _read_mime_block(  # noqa: PLR0917 - internal, hot path
+#: MIME header names already found valid.
+_MIME_NAMES: set[str] = {"Content-Type", "Content-type", "Content-ID", "Content-Length"}
+
+
+def _read_entity(
+    data: bytes, start: int, end: int, faults: _Faults, policy: Policy
+) -> tuple[tuple[str, str], ...]:
+    """The encapsulated entity's header block; fast path for the common case (UTF-8,
+    CRLF lines, no folding, names already seen), else :func:`_read_mime_block`."""
+    try:
+        text = data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if (
+        text
+        and end - start <= policy.max_line_length
+        and "\r\n " not in text
+        and "\r\n\t" not in text
+        and not text.startswith((" ", "\t"))
+    ):
+        lines = text.split("\r\n")
+        breaks = len(lines) - 1
+        if text.count("\n") == breaks and text.count("\r") == breaks:
+            names = _MIME_NAMES
+            pairs = []
+            for line in lines:
+                name, colon, value = line.partition(":")
+                if not colon or name not in names:
+                    break
+                pairs.append((name, value))
+            else:
+                if len(pairs) <= policy.max_headers:
+                    return tuple(pairs)
+    return _read_mime_block(data, start, end, faults, policy, "entity header")
+
+
+def _read_mime_block(  # noqa: PLR0917 - internal
     data: bytes,
     start: int,
     end: int,
-    first_line: int,
     faults: _Faults,
     policy: Policy,
     what: str,
@@ -1049,9 +1182,13 @@ def _read_mime_block(  # noqa: PLR0917 - internal, hot path
     """A MIME header block (RFC 5322 §2.2 rules: folding allowed, names compared without
     case). Returns ``(name, raw value)`` pairs; the raw value is everything after the
     colon, continuation lines included with their CRLF, as MIME keeps it."""
+    bare = _BARE.search(data, start, end)
+    if bare is not None:
+        raise _bare_fault(faults, bare.start())
     text = _decode_block(data, start, end, faults)
     lines = text.split("\r\n")
-    _check_block_limits(lines, end - start, start, first_line, faults, policy)
+    _check_block_limits(lines, start, end, faults, policy)
+    first_line = data.count(b"\n", 0, start) + 1
     headers: list[list[str]] = []
     offset = start
     for i, line in enumerate(lines):
@@ -1075,44 +1212,105 @@ def _read_mime_block(  # noqa: PLR0917 - internal, hot path
             if colon == 0:
                 raise faults.fatal("EMPTY_NAME", f"{what} line starts with ':'", offset, number)
             name = line[:colon]
-            if not _MIME_NAME.fullmatch(name):
+            if _MIME_NAME.fullmatch(name):
+                if len(_MIME_NAMES) < _HEADS_MAX:
+                    _MIME_NAMES.add(name)
+            else:
                 faults.add("BAD_HEADER_NAME", f"{what} name {name!r} is not valid", offset, number)
             headers.append([name, line[colon + 1 :]])
         offset += _byte_len(line) + 2
     return tuple((h[0], h[1]) for h in headers)
 
 
-def _read_cpim_block(  # noqa: PLR0917 - internal, hot path
-    data: bytes,
-    start: int,
-    end: int,
-    first_line: int,
-    faults: _Faults,
-    policy: Policy,
-) -> tuple[list[_Record], dict[str | None, str], dict[int, Party]]:
+def _read_cpim_block(
+    data: bytes, h0: int, h_end: int, faults: _Faults, policy: Policy
+) -> tuple[list[_Record], list[str]]:
     """The CPIM message headers (RFC 3862 §3): one record per header, NS resolved in
-    order (§3.4), core headers checked (§4). Returns the records, the final bindings and
-    the From/To/cc values by record index."""
-    namespaces: dict[str | None, str] = {None: CPIM_NS}
-    parties: dict[int, Party] = {}
-    records: list[_Record] = []
-    if end <= start:
-        return records, namespaces, parties
-    text = _decode_block(data, start, end, faults)
+    order (§3.4); and the block's lines.
+
+    Fast path: when the block holds no control character but its CRLFs and no whitespace
+    at a line's start or end (checked with C-level byte operations), a line is clean once
+    the text before its first SP is a valid ``Name:params`` head; heads recur (``From:``,
+    ``To:``...), so they are cached. Anything else goes through :func:`_read_lines`.
+    """
+    block = data[h0:h_end]
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        text = _decode_block(data, h0, h_end, faults)  # raises BAD_UTF8 with the place
     lines = text.split("\r\n")
-    ascii_only = len(text) == end - start
-    _check_block_limits(lines, end - start, start, first_line, faults, policy)
-    clean = _CLEAN_LINE.fullmatch
-    checks = _CORE_CHECKS
-    default = CPIM_NS
-    offset = start
-    number = first_line
-    for line in lines:
-        size = len(line) if ascii_only else _byte_len(line)
-        m = clean(line)
-        if m is not None:
-            name, prefix, local, params_text, value = m.groups()
-        elif line[:1] in (" ", "\t") and records:
+    if len(lines) > policy.max_headers or h_end - h0 > policy.max_line_length:
+        _check_block_limits(lines, h0, h_end, faults, policy)
+    if (
+        len(block) - len(block.translate(None, _CTL_BYTES)) != 2 * len(lines) - 2
+        or block.startswith(b" ")
+        or block.endswith(b" ")
+        or b"\r\n " in block
+        or b" \r\n" in block
+    ):
+        return _read_lines(data, h0, lines, faults), lines
+    heads = _HEADS
+    records: list[_Record] = []
+    append = records.append
+    default: str | None = CPIM_NS
+    bindings: dict[str | None, str] | None = None
+    for index, line in enumerate(lines):
+        head, sep, value = line.partition(" ")
+        info = heads.get(head) if sep else None
+        if info is None:
+            info = _read_head(head) if sep else None
+            if info is None:
+                return _read_lines(data, h0, lines, faults), lines
+        prefix = info[1]
+        if prefix is None:
+            namespace = default
+        else:
+            namespace = bindings.get(prefix) if bindings is not None else None
+        if info[2] == "NS" and namespace == CPIM_NS:
+            binding = _read_ns(value)
+            if binding is not None:
+                if bindings is None:
+                    bindings = {}
+                bindings[binding[0]] = binding[1]
+                if binding[0] is None:
+                    default = binding[1]
+        append((info, namespace, value, index))
+    return records, lines
+
+
+#: Heads (``Name:params`` before the SP) already found valid, with their parts.
+_HEADS: dict[str, _Head] = {}
+_HEADS_MAX: Final = 4096
+
+
+def _read_head(head: str) -> _Head | None:
+    """The parts of a valid head (name, prefix, local, params), or None; remembered."""
+    m = _HEAD.fullmatch(head)
+    if m is None:
+        return None
+    name, prefix, local, params = m.groups()
+    info = (name, prefix, local, params)
+    if len(_HEADS) < _HEADS_MAX:
+        _HEADS[head] = info
+    return info
+
+
+def _read_lines(data: bytes, h0: int, lines: list[str], faults: _Faults) -> list[_Record]:
+    """The slow path of :func:`_read_cpim_block`: every line diagnosed (§2.2, §3.6), faults
+    reported in order; in strict mode values are checked line by line too, so the first
+    fault in the block is the one raised."""
+    bare = _BARE.search(data, h0, h0 + sum(_byte_len(line) + 2 for line in lines) - 2)
+    if bare is not None:
+        raise _bare_fault(faults, bare.start())
+    records: list[_Record] = []
+    namespaces: dict[str | None, str] = {None: CPIM_NS}
+    default: str | None = CPIM_NS
+    strict = faults.strict
+    offset = h0
+    number = data.count(b"\n", 0, h0) + 1
+    for index, line in enumerate(lines):
+        size = _byte_len(line)
+        if line[:1] in (" ", "\t") and records:
             # RFC 822 folding (i008): lenient mode reads it as a continuation.
             faults.add(
                 "LEADING_WHITESPACE",
@@ -1121,45 +1319,87 @@ def _read_cpim_block(  # noqa: PLR0917 - internal, hot path
                 number,
             )
             last = records[-1]
-            records[-1] = (*last[:5], last[5] + "\r\n" + line, last[6], last[7], offset + size + 2)
-            offset += size + 2
-            number += 1
-            continue
+            records[-1] = (last[0], last[1], last[2] + "\r\n" + line, last[3])
         else:
             name, prefix, local, params_text, value = _diagnose_line(line, faults, offset, number)
-        if prefix is None:
-            namespace: str | None = default
-        else:
-            namespace = namespaces.get(prefix)
-            if namespace is None:
-                faults.add(
-                    "UNDEFINED_PREFIX",
-                    f"prefix {prefix!r} of {name!r} is not declared by an earlier NS header",
-                    offset,
-                    number,
-                )
-        if params_text:
-            _read_params(
-                params_text, faults, offset + _byte_len(line[: line.index(":") + 1]), number
-            )
-        if namespace == CPIM_NS and local in checks:
-            voff = offset + size - _byte_len(value)
-            extra = checks[local](local, value, params_text, namespaces, faults, voff, number)
-            if extra is not None:
-                if local == "NS":
-                    namespaces[extra[0]] = extra[1]
-                    if extra[0] is None:
-                        default = extra[1]
-                else:
-                    parties[len(records)] = extra
-        elif "\\" in value:
-            _check_value_escapes(value, faults, offset + size - _byte_len(value), number)
-        records.append(
-            (name, prefix, local, namespace, params_text, value, number, offset, offset + size + 2)
-        )
+            namespace = default if prefix is None else namespaces.get(prefix)
+            record: _Record = ((name, prefix, local, params_text), namespace, value, index)
+            if strict:
+                found = _value_findings(record, namespaces)
+                if found:
+                    voff = offset + size - _byte_len(value)
+                    _report(found, faults, offset, voff, params_text, number)
+            if local == "NS" and namespace == CPIM_NS:
+                binding = _read_ns(value)
+                if binding is not None:
+                    namespaces[binding[0]] = binding[1]
+                    if binding[0] is None:
+                        default = binding[1]
+            records.append(record)
         offset += size + 2
         number += 1
-    return records, namespaces, parties
+    return records
+
+
+def _value_findings(record: _Record, bindings: dict[str | None, str]) -> list[_Finding]:
+    """Check one header's prefix, parameters and value (RFC 3862 §3.4, §3.6, §4, §2.3.1);
+    ``bindings`` are the NS bindings in force at its line."""
+    head, namespace, value, _ = record
+    name, prefix, local, params_text = head
+    found: list[_Finding] = []
+    if namespace is None:
+        found.append(
+            (
+                "UNDEFINED_PREFIX",
+                f"prefix {prefix!r} of {name!r} is not declared by an earlier NS header",
+                "line",
+                0,
+            )
+        )
+    if params_text:
+        _read_params(params_text, found)
+    if namespace == CPIM_NS and local in _CORE_CHECKS:
+        _CORE_CHECKS[local](local, value, params_text, bindings, found)
+    elif "\\" in value:
+        _escape_findings(value, found)
+    return found
+
+
+def _report(  # noqa: PLR0917 - internal
+    found: list[_Finding],
+    faults: _Faults,
+    offset: int,
+    voff: int,
+    params_text: str,
+    number: int,
+) -> None:
+    """Turn findings into defects (or the strict-mode error) at their byte offsets."""
+    poff = voff - 1 - _byte_len(params_text)
+    for code, detail, where, delta in found:
+        base = offset if where == "line" else poff if where == "params" else voff
+        faults.add(code, detail, base + delta, number)
+
+
+def _check_values(
+    records: list[_Record], layout: _Layout, faults: _Faults, profile: Profile | None
+) -> None:
+    """Check every header value in order (what strict mode does while reading; lenient
+    mode on the first access of ``defects``), then the profile's rules."""
+    bindings: dict[str | None, str] = {None: CPIM_NS}
+    for k, record in enumerate(records):
+        head, namespace, value, _ = record
+        core = namespace == CPIM_NS
+        if head[3] or namespace is None or "\\" in value or (core and head[2] in _CORE_CHECKS):
+            found = _value_findings(record, bindings)
+            if found:
+                offset, _end, voff, number = layout.span(records, k)
+                _report(found, faults, offset, voff, head[3], number)
+        if core and head[2] == "NS":
+            binding = _read_ns(value)
+            if binding is not None:
+                bindings[binding[0]] = binding[1]
+    if profile == "msrp":
+        _check_msrp(records, layout, faults, layout.starts[-1])
 
 
 def _diagnose_line(
@@ -1252,7 +1492,13 @@ def _first_bad_escape(text: str) -> re.Match[str] | None:
     return None
 
 
-def _check_value_escapes(value: str, faults: _Faults, voff: int, number: int) -> None:
+# A finding of a value check: code, detail, where ("line", "params" or "value") and the
+# byte offset relative to that place. Checks are pure; positions are worked out only
+# when there is something to report.
+_Finding = tuple[str, str, str, int]
+
+
+def _escape_findings(value: str, found: list[_Finding]) -> None:
     bad = _first_bad_escape(value)
     if bad is not None:
         seq = bad.group(1)
@@ -1261,7 +1507,7 @@ def _check_value_escapes(value: str, faults: _Faults, voff: int, number: int) ->
             if seq
             else "lone backslash at the end of the value"
         )
-        faults.add("UNESCAPED_BACKSLASH", detail, voff + _byte_len(value[: bad.start()]), number)
+        found.append(("UNESCAPED_BACKSLASH", detail, "value", _byte_len(value[: bad.start()])))
 
 
 def _params_end(text: str, pos: int) -> int:
@@ -1280,17 +1526,12 @@ def _params_end(text: str, pos: int) -> int:
     return pos
 
 
-def _read_params(
-    text: str,
-    faults: _Faults | None,
-    offset: int,
-    number: int,
-) -> tuple[tuple[str, str], ...]:
+def _read_params(text: str, found: list[_Finding] | None = None) -> tuple[tuple[str, str], ...]:
     """Read ``*( ";" Parameter )`` (RFC 3862 §3.6) from the parameter text ``text``.
 
-    With ``faults``, report malformed parameters (BAD_PARAMETER), undefined escapes in
-    Strings (BAD_ESCAPE_IN_STRING) and bad language tags (BAD_LANG_TAG); ``offset`` is the
-    byte offset of ``text`` in the data.
+    With ``found``, report malformed parameters (BAD_PARAMETER), undefined escapes in
+    Strings (BAD_ESCAPE_IN_STRING) and bad language tags (BAD_LANG_TAG), placed relative
+    to the start of ``text``.
     """
     params: list[tuple[str, str]] = []
     size = len(text)
@@ -1311,13 +1552,16 @@ def _read_params(
                     val = inner
                     if "\\" in inner:
                         val = decode_escapes(inner)
-                        bad = _first_bad_escape(inner) if faults is not None else None
-                        if faults is not None and bad is not None:
-                            faults.add(
-                                "BAD_ESCAPE_IN_STRING",
-                                f"undefined escape {bad.group()!r} in the quoted value of {key!r}",
-                                offset + _byte_len(text[: pos + 1 + bad.start()]),
-                                number,
+                        bad = _first_bad_escape(inner) if found is not None else None
+                        if found is not None and bad is not None:
+                            found.append(
+                                (
+                                    "BAD_ESCAPE_IN_STRING",
+                                    f"undefined escape {bad.group()!r} in the quoted value "
+                                    f"of {key!r}",
+                                    "params",
+                                    _byte_len(text[: pos + 1 + bad.start()]),
+                                )
                             )
                     pos = m.end()
             else:
@@ -1329,22 +1573,26 @@ def _read_params(
         if val is None or (pos < size and text[pos] != ";"):
             end = text.find(";", pos)
             end = size if end < 0 else end
-            if faults is not None:
-                faults.add(
-                    "BAD_PARAMETER",
-                    f"malformed parameter {_clip(text[start:end])!r} (expected ;name=token "
-                    'or ;name="string")',
-                    offset + _byte_len(text[:start]),
-                    number,
+            if found is not None:
+                found.append(
+                    (
+                        "BAD_PARAMETER",
+                        f"malformed parameter {_clip(text[start:end])!r} (expected "
+                        ';name=token or ;name="string")',
+                        "params",
+                        _byte_len(text[:start]),
+                    )
                 )
             pos = end
             continue
-        if faults is not None and key == "lang" and not _LANG.fullmatch(val):
-            faults.add(
-                "BAD_LANG_TAG",
-                f"lang={val!r} is not an RFC 3066 language tag",
-                offset + _byte_len(text[:start]),
-                number,
+        if found is not None and key == "lang" and not _LANG.fullmatch(val):
+            found.append(
+                (
+                    "BAD_LANG_TAG",
+                    f"lang={val!r} is not an RFC 3066 language tag",
+                    "params",
+                    _byte_len(text[:start]),
+                )
             )
         params.append((key, val))
     return tuple(params)
@@ -1353,149 +1601,178 @@ def _read_params(
 # -- core header checks (RFC 3862 §4) ----------------------------------------------------
 
 
-def _no_params(local: str, params_text: str, faults: _Faults, voff: int, number: int) -> None:
+def _no_params(local: str, params_text: str, found: list[_Finding]) -> None:
     if params_text:
-        faults.add(
-            "PARAMS_NOT_ALLOWED",
-            f"{local} takes no parameters ({_clip(params_text)!r})",
-            voff - 1 - _byte_len(params_text),
-            number,
+        found.append(
+            (
+                "PARAMS_NOT_ALLOWED",
+                f"{local} takes no parameters ({_clip(params_text)!r})",
+                "params",
+                0,
+            )
         )
 
 
-def _check_party(  # noqa: PLR0917 - internal, hot path
+def _check_party(
     local: str,
     value: str,
     params_text: str,
-    namespaces: dict[str | None, str],
-    faults: _Faults,
-    voff: int,
-    number: int,
-) -> Party:
-    _no_params(local, params_text, faults, voff, number)
-    party, code, detail = _read_party(value)
-    if code is not None:
-        faults.add(code, f"{local}: {detail}", voff, number)
-    return party
+    bindings: dict[str | None, str],
+    found: list[_Finding],
+) -> None:
+    """From / To / cc (RFC 3862 §4.1-4.3)."""
+    _no_params(local, params_text, found)
+    fault = _party_fault(value)
+    if fault is not None:
+        found.append((fault[0], f"{local}: {fault[1]}", "value", 0))
 
 
-def _read_party(value: str) -> tuple[Party, str | None, str]:
-    """Read ``[ Formal-name ] "<" URI ">"`` (§4.1). On a violation, a best-effort Party
-    with the code and detail: the URI is what the last ``<...>`` holds (or the whole
-    value), the name the text before it. Trailing whitespace (reported on its own as
-    TRAILING_WHITESPACE) is not part of the address."""
+def _party_fault(value: str) -> tuple[str, str] | None:
+    """What is wrong with ``[ Formal-name ] "<" URI ">"`` (§3.6, §4.1), or None. Trailing
+    whitespace is reported on its own (TRAILING_WHITESPACE), not here."""
+    if value[-1:] in (" ", "\t"):
+        value = value.rstrip(" \t")
+    m = _PARTY.fullmatch(value)
+    if m is None:
+        if "<" in value and value.endswith(">"):
+            return "BAD_FORMAL_NAME", f"{_clip(value)!r} does not match [Formal-name] <URI>"
+        return "BAD_FORMAL_NAME", f"the address {_clip(value)!r} is not enclosed in <>"
+    _tokens, string, spaces, uri = m.groups()
+    if string is not None:
+        bad = _first_bad_escape(string) if "\\" in string else None
+        if bad is not None:
+            return (
+                "BAD_ESCAPE_IN_STRING",
+                f"undefined escape {bad.group()!r} in the quoted Formal-name",
+            )
+        if spaces:
+            return "SP_AFTER_STRING_NAME", "space between the quoted Formal-name and '<'"
+    if not _URI.fullmatch(uri):
+        return "BAD_FORMAL_NAME", f"<{_clip(uri)}> is not an absolute URI"
+    return None
+
+
+def _read_party(value: str) -> Party:
+    """The Party a From/To/cc value names. A malformed value (lenient mode) gives a
+    best-effort Party: the URI is what the last ``<...>`` holds (or the whole value), the
+    name the text before it, unquoted."""
     if value[-1:] in (" ", "\t"):
         value = value.rstrip(" \t")
     m = _PARTY.fullmatch(value)
     if m is not None:
-        tokens, string, spaces, uri = m.groups()
-        name: str | None = None
+        tokens, string, _spaces, uri = m.groups()
         if tokens is not None:
-            name = tokens[:-1]
-        elif string is not None:
-            name = decode_escapes(string)
-            bad = _first_bad_escape(string) if "\\" in string else None
-            if bad is not None:
-                return (
-                    Party(name, uri),
-                    "BAD_ESCAPE_IN_STRING",
-                    f"undefined escape {bad.group()!r} in the quoted Formal-name",
-                )
-            if spaces:
-                return (
-                    Party(name, uri),
-                    "SP_AFTER_STRING_NAME",
-                    "space between the quoted Formal-name and '<'",
-                )
-        if not _URI.fullmatch(uri):
-            return Party(name, uri), "BAD_FORMAL_NAME", f"<{_clip(uri)}> is not an absolute URI"
-        return Party(name, uri), None, ""
+            return Party(tokens[:-1], uri)
+        if string is not None:
+            return Party(decode_escapes(string), uri)
+        return Party(None, uri)
     lt = value.rfind("<")
     if lt >= 0 and value.endswith(">"):
-        uri = value[lt + 1 : -1]
         text = value[:lt].strip(" ")
         if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
             text = decode_escapes(text[1:-1])
-        detail = f"{_clip(value)!r} does not match [Formal-name] <URI>"
-        return Party(text or None, uri), "BAD_FORMAL_NAME", detail
-    return (
-        Party(None, value.strip(" ")),
-        "BAD_FORMAL_NAME",
-        f"the address {_clip(value)!r} is not enclosed in <>",
-    )
+        return Party(text or None, value[lt + 1 : -1])
+    return Party(None, value.strip(" "))
 
 
-def _check_datetime(  # noqa: PLR0917 - internal, hot path
+def _party_of(value: str) -> Party:
+    """:func:`_read_party`, with a fast path for the common ``<uri>`` and ``Name <uri>``."""
+    if value[-1:] == ">" and '"' not in value and value.count("<") == 1:
+        lt = value.find("<")
+        if lt == 0:
+            return Party(None, value[1:-1])
+        if value[lt - 1] == " ":
+            name = value[: lt - 1]
+            if name[:1] != " " and name[-1:] != " ":
+                return Party(name, value[lt + 1 : -1])
+    return _read_party(value)
+
+
+def _check_datetime(
     local: str,
     value: str,
     params_text: str,
-    namespaces: dict[str | None, str],
-    faults: _Faults,
-    voff: int,
-    number: int,
+    bindings: dict[str | None, str],
+    found: list[_Finding],
 ) -> None:
-    _no_params(local, params_text, faults, voff, number)
-    if parse_datetime(value) is None:
-        faults.add(
-            "BAD_DATETIME", f"DateTime {_clip(value)!r} is not an RFC 3339 date-time", voff, number
+    """DateTime (RFC 3862 §4.4, RFC 3339 §5.6)."""
+    _no_params(local, params_text, found)
+    if _datetime_fields(value) is None:
+        found.append(
+            (
+                "BAD_DATETIME",
+                f"DateTime {_clip(value)!r} is not an RFC 3339 date-time",
+                "value",
+                0,
+            )
         )
     elif "t" in value or "z" in value:
-        faults.add("DATETIME_LOWERCASE", "DateTime writes 't' or 'z' in lower case", voff, number)
+        found.append(("DATETIME_LOWERCASE", "DateTime writes 't' or 'z' in lower case", "value", 0))
 
 
-def _check_subject(  # noqa: PLR0917 - internal, hot path
+def _check_subject(
     local: str,
     value: str,
     params_text: str,
-    namespaces: dict[str | None, str],
-    faults: _Faults,
-    voff: int,
-    number: int,
+    bindings: dict[str | None, str],
+    found: list[_Finding],
 ) -> None:
+    """Subject (RFC 3862 §4.5): one optional ;lang= parameter, an unstructured value."""
     if "\\" in value:
-        _check_value_escapes(value, faults, voff, number)
+        _escape_findings(value, found)
     if params_text:
-        params = _read_params(params_text, None, 0, 0)
+        params = _read_params(params_text)
         if len(params) != 1 or params[0][0] != "lang":
-            faults.add(
-                "PARAMS_NOT_ALLOWED",
-                f"Subject takes one ;lang= parameter at most ({_clip(params_text)!r})",
-                voff - 1 - _byte_len(params_text),
-                number,
+            found.append(
+                (
+                    "PARAMS_NOT_ALLOWED",
+                    f"Subject takes one ;lang= parameter at most ({_clip(params_text)!r})",
+                    "params",
+                    0,
+                )
             )
 
 
 def _read_ns(value: str) -> tuple[str | None, str] | None:
-    m = _NS_VALUE.fullmatch(value)
-    if m is None:
-        return None
-    return m.group(1), m.group(2)
+    """The (prefix, URI) an NS value binds, or None when it is not ``[prefix] <URI>``.
+    Declarations recur (the same extensions in every message), so they are remembered."""
+    binding = _NS_VALUES.get(value, _UNSEEN)
+    if binding is _UNSEEN:
+        m = _NS_VALUE.fullmatch(value)
+        binding = None if m is None else (m.group(1), m.group(2))
+        if len(_NS_VALUES) < _HEADS_MAX:
+            _NS_VALUES[value] = binding
+    return binding  # type: ignore[return-value]
 
 
-def _check_ns(  # noqa: PLR0917 - internal, hot path
+_UNSEEN: Final = object()
+_NS_VALUES: dict[str, tuple[str | None, str] | None] = {}
+
+
+def _check_ns(
     local: str,
     value: str,
     params_text: str,
-    namespaces: dict[str | None, str],
-    faults: _Faults,
-    voff: int,
-    number: int,
-) -> tuple[str | None, str] | None:
-    _no_params(local, params_text, faults, voff, number)
+    bindings: dict[str | None, str],
+    found: list[_Finding],
+) -> None:
+    """NS (RFC 3862 §3.4, §4.6): ``[prefix] <absolute URI>``, with or without the SP."""
+    _no_params(local, params_text, found)
     binding = _read_ns(value)
     if binding is None:
-        faults.add(
-            "BAD_NS_URI",
-            f"NS value {_clip(value)!r} is not [prefix] <URI>: nothing is declared",
-            voff,
-            number,
+        found.append(
+            (
+                "BAD_NS_URI",
+                f"NS value {_clip(value)!r} is not [prefix] <URI>: nothing is declared",
+                "value",
+                0,
+            )
         )
-        return None
+        return
     uri = binding[1]
     if not _URI.fullmatch(uri):
         why = "has a fragment" if "#" in uri else "is not an absolute URI"
-        faults.add("BAD_NS_URI", f"NS URI {uri!r} {why}", voff, number)
-    return binding
+        found.append(("BAD_NS_URI", f"NS URI {uri!r} {why}", "value", 0))
 
 
 def _read_require(value: str, bindings: dict[str | None, str]) -> list[Requirement]:
@@ -1512,35 +1789,45 @@ def _read_require(value: str, bindings: dict[str | None, str]) -> list[Requireme
     return found
 
 
-def _check_require(  # noqa: PLR0917 - internal, hot path
+def _check_require(
     local: str,
     value: str,
     params_text: str,
-    namespaces: dict[str | None, str],
-    faults: _Faults,
-    voff: int,
-    number: int,
+    bindings: dict[str | None, str],
+    found: list[_Finding],
 ) -> None:
-    _no_params(local, params_text, faults, voff, number)
+    """Require (RFC 3862 §3.5, §4.7): ``Header-name *( "," Header-name )``, prefixes
+    declared."""
+    _no_params(local, params_text, found)
     if not _REQUIRE.fullmatch(value):
         if _REQUIRE_SPACED.fullmatch(value):
-            faults.add(
-                "REQUIRE_SPACE", f"whitespace around ',' in Require {_clip(value)!r}", voff, number
+            found.append(
+                (
+                    "REQUIRE_SPACE",
+                    f"whitespace around ',' in Require {_clip(value)!r}",
+                    "value",
+                    0,
+                )
             )
         else:
-            faults.add(
-                "BAD_HEADER_NAME",
-                f"Require lists something that is not a header name: {_clip(value)!r}",
-                voff,
-                number,
+            found.append(
+                (
+                    "BAD_HEADER_NAME",
+                    f"Require lists something that is not a header name: {_clip(value)!r}",
+                    "value",
+                    0,
+                )
             )
-    for req in _read_require(value, namespaces):
-        if req.namespace is None:
-            faults.add(
-                "UNDEFINED_PREFIX",
-                f"Require names {req.name!r} whose prefix is not declared by an earlier NS",
-                voff,
-                number,
+    for item in value.split(","):
+        prefix, dot, _local = item.strip(" \t").partition(".")
+        if dot and prefix not in bindings:
+            found.append(
+                (
+                    "UNDEFINED_PREFIX",
+                    f"Require names {item.strip()!r} whose prefix is not declared by an earlier NS",
+                    "value",
+                    0,
+                )
             )
 
 
@@ -1556,22 +1843,25 @@ _CORE_CHECKS: Final[dict[str, Any]] = {
 _CORE_NAMES: Final = frozenset(_CORE_CHECKS)
 
 
-def _check_msrp(records: list[_Record], faults: _Faults, blank: int) -> None:
+def _check_msrp(
+    records: list[_Record], layout: _Layout | None, faults: _Faults, blank: int
+) -> None:
     """RFC 4975 §13: From and To present; of the core headers only NS, To, cc repeat."""
     seen: dict[str, int] = {}
-    for r in records:
-        if r[3] != CPIM_NS:
+    for k, (head, namespace, _value, _index) in enumerate(records):
+        if namespace != CPIM_NS:
             continue
-        local = r[2]
-        if local in _MSRP_ONCE and local in seen:
+        local = head[2]
+        if local in _MSRP_ONCE and local in seen and layout is not None:
+            offset, _end, _voff, number = layout.span(records, k)
             faults.add(
                 "PROFILE_REPEAT",
-                f"{local} repeated (first on line {seen[local]}); MSRP allows only NS, To "
-                "and cc to repeat",
-                r[7],
-                r[6],
+                f"{local} repeated (first as header {seen[local] + 1}); MSRP allows only NS, "
+                "To and cc to repeat",
+                offset,
+                number,
             )
-        seen.setdefault(local, r[6])
+        seen.setdefault(local, k)
     for required in ("From", "To"):
         if required not in seen:
             faults.add(
@@ -1647,6 +1937,13 @@ def parse_datetime(text: str) -> DateTimeValue | None:
     Field ranges and leap years are checked; ``:60`` is accepted only where the UTC time
     is 23:59 (RFC 3339 §5.7); ``-00:00`` gives ``offset_minutes=None``.
     """
+    fields = _datetime_fields(text)
+    return None if fields is None else DateTimeValue(text, *fields)
+
+
+def _datetime_fields(
+    text: str,
+) -> tuple[int, int, int, int, int, int, str, int | None] | None:
     m = _DATETIME.fullmatch(text)
     if m is None:
         return None
@@ -1668,7 +1965,7 @@ def parse_datetime(text: str) -> DateTimeValue | None:
             offset = -offset if offset else None  # -00:00: UTC, local offset unknown
     if second == 60 and (hour * 60 + minute - (offset or 0)) % 1440 != 1439:
         return None
-    return DateTimeValue(text, year, month, day, hour, minute, second, m.group(8) or "", offset)
+    return year, month, day, hour, minute, second, m.group(8) or "", offset
 
 
 def format_datetime(moment: _dt.datetime) -> str:
@@ -1807,7 +2104,7 @@ def describe(msg: CpimMessage) -> dict[str, Any]:
         }
         core = h.namespace == CPIM_NS
         if core and h.local in _PARTY_HEADERS:
-            party = _read_party(h.value_raw)[0]
+            party = _read_party(h.value_raw)
             item["extra"] = {"formal_name": party.formal_name, "uri": party.uri}
         elif core and h.local == "NS":
             binding = _read_ns(h.value_raw)
