@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from calendar import timegm
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -464,7 +464,7 @@ class Header:
 # (head, namespace, value_raw, index) where head = (name, prefix, local, params_text) is
 # shared between messages for recurring heads, and index is the header's (first) line
 # within the block. Byte offsets and line numbers come from a _Layout when needed.
-_Head = tuple[str, str | None, str, str]
+_Head = tuple[str, str | None, str, str, bool]
 _Record = tuple[_Head, str | None, str, int]
 # Where the parts are: outer MIME headers, first CPIM header, end of the CPIM block,
 # entity headers, body offset, and the defects found while reading.
@@ -683,22 +683,49 @@ class CpimMessage:
         """
         for head, namespace, value, _ in self._records:
             if head[2] == "From" and namespace == CPIM_NS:
+                # Fast path for ``Name <uri>`` (the general reading is _read_party).
+                name, sep, rest = value.rpartition(" <")
+                if (
+                    sep
+                    and rest[-1:] == ">"
+                    and "<" not in rest
+                    and "<" not in name
+                    and '"' not in name
+                    and name[:1] != " "
+                    and name[-1:] != " "
+                ):
+                    return Party(name, rest[:-1])
                 return _party_of(value)
         return None
 
     @property
     def to(self) -> tuple[Party, ...]:
         """Every To header in order (RFC 3862 §4.2)."""
-        return tuple(
-            [_party_of(r[2]) for r in self._records if r[0][2] == "To" and r[1] == CPIM_NS]
-        )
+        return self._parties("To")
 
     @property
     def cc(self) -> tuple[Party, ...]:
         """Every cc header in order (RFC 3862 §4.3)."""
-        return tuple(
-            [_party_of(r[2]) for r in self._records if r[0][2] == "cc" and r[1] == CPIM_NS]
-        )
+        return self._parties("cc")
+
+    def _parties(self, local: str) -> tuple[Party, ...]:
+        found = []
+        for head, namespace, value, _ in self._records:
+            if head[2] == local and namespace == CPIM_NS:
+                name, sep, rest = value.rpartition(" <")
+                if (
+                    sep
+                    and rest[-1:] == ">"
+                    and "<" not in rest
+                    and "<" not in name
+                    and '"' not in name
+                    and name[:1] != " "
+                    and name[-1:] != " "
+                ):
+                    found.append(Party(name, rest[:-1]))
+                else:
+                    found.append(_party_of(value))
+        return tuple(found)
 
     @property
     def datetime(self) -> DateTimeValue | None:
@@ -948,17 +975,25 @@ class _Faults:
 
 
 def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
-    """Read ``data`` (RFC 3862 §2): find the three header blocks with byte searches, check
-    that they are CRLF lines, read the CPIM headers (:func:`_read_cpim_block`) and the
-    entity's MIME headers, then check values now (strict) or on demand (lenient)."""
+    """Read ``data`` (RFC 3862 §2): find the three header blocks with byte searches, read
+    the CPIM headers and the entity's MIME headers, then check values now (strict) or on
+    demand (lenient).
+
+    The common case runs inline without helper calls (this is the relaying hot path):
+    a CPIM block with no control character but its CRLFs and no whitespace at a line's
+    start or end, whose lines start with a known ``Name:params`` head; an entity block of
+    known, unfolded MIME headers. Anything else goes through the diagnosing slow paths,
+    which report each fault with its place.
+    """
     size = len(data)
-    faults = _Faults(data, policy.strict)
+    strict = policy.strict
     if size > policy.max_message_size:
-        raise faults.fatal(
+        raise _Faults(data, strict).fatal(
             "POLICY_MESSAGE_TOO_LARGE",
             f"object of {size} bytes exceeds max_message_size {policy.max_message_size}",
             policy.max_message_size,
         )
+    faults: _Faults | None = None
     # 1. The outer MIME header block (entity form only; RFC 3862 §2.1).
     mime_headers: tuple[tuple[str, str], ...] = ()
     h0 = 0
@@ -967,19 +1002,8 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             mime_headers = _CANONICAL_MIME_HEADERS
             h0 = 30
         else:
-            if data.startswith(b"\r\n") or not data:
-                raise faults.fatal(
-                    "NOT_MESSAGE_CPIM",
-                    "no 'Content-type: Message/CPIM' header block before the first blank line",
-                    0,
-                    1,
-                )
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                raise _missing_blank(faults, 0, "the MIME header block", None)
-            mime_headers = _read_mime_block(data, 0, end, faults, policy, "MIME header")
-            _check_outer_type(mime_headers, faults)
-            h0 = end + 4
+            faults = _Faults(data, strict)
+            mime_headers, h0 = _read_outer(data, faults, policy)
     # 2. The CPIM header block (RFC 3862 §2.2).
     if data.startswith(b"\r\n", h0):
         h_end = h0  # empty block: the blank line follows at once (vector 027)
@@ -987,21 +1011,22 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     else:
         h_end = data.find(b"\r\n\r\n", h0)
         if h_end < 0:
-            raise _missing_blank(faults, h0, "the CPIM header block", None)
+            raise _missing_blank(faults or _Faults(data, strict), h0, "the CPIM header block", None)
         e0 = h_end + 4
     # 3. The encapsulated entity's header block (RFC 3862 §2.4).
-    if e0 >= size:
-        raise faults.fatal(
-            "ENTITY_NO_CONTENT_TYPE",
-            "the object ends after the CPIM headers: there is no encapsulated MIME entity",
-            size,
-        )
     if data.startswith(b"\r\n", e0):
         e_end = e0
         body_offset = e0 + 2
     else:
         e_end = data.find(b"\r\n\r\n", e0)
         if e_end < 0:
+            faults = faults or _Faults(data, strict)
+            if e0 >= size:
+                raise faults.fatal(
+                    "ENTITY_NO_CONTENT_TYPE",
+                    "the object ends after the CPIM headers: there is no encapsulated entity",
+                    size,
+                )
             raise _missing_blank(
                 faults,
                 e0,
@@ -1009,28 +1034,135 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 _blank_line_clue(data, mime_headers, h0, h_end),
             )
         body_offset = e_end + 4
-    # Each header block checks that it is CRLF lines (no bare CR or LF) as it is read.
+    # 4. The CPIM headers: one record per header, NS resolved in order (§3.4).
     records: list[_Record] = []
     lines: list[str] = []
     if h_end > h0:
-        records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
-    entity_headers = _read_entity(data, e0, e_end, faults, policy) if e_end > e0 else ()
+        # The block with the CRLF before it (or a made-up one at the start of a body)
+        # and after it: one byte search then finds whitespace at any line's start or end.
+        wide = data[h0 - 2 : h_end + 2] if h0 else b"\r\n" + data[: h_end + 2]
+        fast = False
+        try:
+            lines = wide.decode("utf-8").split("\r\n")
+        except UnicodeDecodeError:
+            pass
+        else:
+            del lines[0], lines[-1]  # the CRLFs around the block
+            fast = (
+                h_end - h0 <= policy.max_line_length
+                and len(lines) <= policy.max_headers
+                and len(wide) - len(wide.translate(None, _CTL_BYTES)) == 2 * len(lines) + 2
+                and b"\r\n " not in wide
+                and b" \r\n" not in wide
+            )
+        if fast:
+            heads = _HEADS
+            append = records.append
+            default: str | None = CPIM_NS
+            bindings: dict[str | None, str] | None = None
+            for index, line in enumerate(lines):
+                head, _, value = line.partition(" ")
+                info = heads.get(head)
+                # In a clean block a value is never empty, so an empty one means no SP.
+                if info is None or not value:
+                    info = _read_head(head) if value else None
+                    if info is None:
+                        fast = False
+                        break
+                if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
+                    prefix = info[1]
+                    if prefix is None:
+                        namespace = default
+                    else:
+                        namespace = bindings.get(prefix) if bindings is not None else None
+                    if info[2] == "NS" and namespace == CPIM_NS:
+                        binding = _read_ns(value)
+                        if binding is not None:
+                            if bindings is None:
+                                bindings = {}
+                            bindings[binding[0]] = binding[1]
+                            if binding[0] is None:
+                                default = binding[1]
+                    append((info, namespace, value, index))
+                else:
+                    append((info, default, value, index))
+        if not fast:
+            faults = faults or _Faults(data, strict)
+            records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
+    # 5. The entity's MIME headers; Content-Type is required (§2.4).
+    entity_headers: tuple[tuple[str, str], ...] = ()
+    if e_end > e0:
+        fast = False
+        try:
+            text = data[e0:e_end].decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if (
+                e_end - e0 <= policy.max_line_length
+                and "\r\n " not in text
+                and "\r\n\t" not in text
+                and not text.startswith((" ", "\t"))
+            ):
+                elines = text.split("\r\n")
+                breaks = len(elines) - 1
+                if (
+                    breaks < policy.max_headers
+                    and text.count("\n") == breaks
+                    and text.count("\r") == breaks
+                ):
+                    names = _MIME_NAMES
+                    pairs = []
+                    for line in elines:
+                        name, colon, value = line.partition(":")
+                        if not colon or name not in names:
+                            break
+                        pairs.append((name, value))
+                    else:
+                        entity_headers = tuple(pairs)
+                        fast = True
+        if not fast:
+            faults = faults or _Faults(data, strict)
+            entity_headers = _read_mime_block(data, e0, e_end, faults, policy, "entity header")
     if (not entity_headers or entity_headers[0][0] not in _CONTENT_TYPE_NAMES) and not any(
         name.lower() == "content-type" for name, _ in entity_headers
     ):
         clue = _blank_line_clue(data, mime_headers, h0, h_end)
-        raise faults.fatal(
+        raise (faults or _Faults(data, strict)).fatal(
             "ENTITY_NO_CONTENT_TYPE",
             "the encapsulated MIME entity has no Content-Type header" + (clue[1] if clue else ""),
             e0,
         )
-    if policy.strict and records:
-        _check_values(records, _Layout(data, h0, h_end, lines), faults, policy.profile)
-    elif policy.strict and policy.profile == "msrp":
-        _check_msrp(records, None, faults, h0)
-    found = tuple(faults.items) if faults.items else ()
+    # 6. Values: now in strict mode, on first access of ``defects`` in lenient mode.
+    if strict:
+        faults = faults or _Faults(data, strict)
+        if records:
+            _check_values(records, lambda: _Layout(data, h0, h_end, lines), faults, policy.profile)
+        elif policy.profile == "msrp":
+            _check_msrp(records, None, faults, h0)
+    found = tuple(faults.items) if faults is not None and faults.items else ()
     frame = (mime_headers, h0, h_end, entity_headers, body_offset, found)
-    return CpimMessage(data, form, policy, records, frame, found if policy.strict else None)
+    return CpimMessage(data, form, policy, records, frame, found if strict else None)
+
+
+def _read_outer(
+    data: bytes, faults: _Faults, policy: Policy
+) -> tuple[tuple[tuple[str, str], ...], int]:
+    """The outer MIME header block of the entity form, which must say Message/CPIM
+    (RFC 3862 §2.1); returns its headers and where the CPIM headers start."""
+    if data.startswith(b"\r\n") or not data:
+        raise faults.fatal(
+            "NOT_MESSAGE_CPIM",
+            "no 'Content-type: Message/CPIM' header block before the first blank line",
+            0,
+            1,
+        )
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        raise _missing_blank(faults, 0, "the MIME header block", None)
+    mime_headers = _read_mime_block(data, 0, end, faults, policy, "MIME header")
+    _check_outer_type(mime_headers, faults)
+    return mime_headers, end + 4
 
 
 _CONTENT_TYPE_NAMES: Final = frozenset({"Content-Type", "Content-type", "content-type"})
@@ -1139,38 +1271,6 @@ def _check_block_limits(
 _MIME_NAMES: set[str] = {"Content-Type", "Content-type", "Content-ID", "Content-Length"}
 
 
-def _read_entity(
-    data: bytes, start: int, end: int, faults: _Faults, policy: Policy
-) -> tuple[tuple[str, str], ...]:
-    """The encapsulated entity's header block; fast path for the common case (UTF-8,
-    CRLF lines, no folding, names already seen), else :func:`_read_mime_block`."""
-    try:
-        text = data[start:end].decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
-    if (
-        text
-        and end - start <= policy.max_line_length
-        and "\r\n " not in text
-        and "\r\n\t" not in text
-        and not text.startswith((" ", "\t"))
-    ):
-        lines = text.split("\r\n")
-        breaks = len(lines) - 1
-        if text.count("\n") == breaks and text.count("\r") == breaks:
-            names = _MIME_NAMES
-            pairs = []
-            for line in lines:
-                name, colon, value = line.partition(":")
-                if not colon or name not in names:
-                    break
-                pairs.append((name, value))
-            else:
-                if len(pairs) <= policy.max_headers:
-                    return tuple(pairs)
-    return _read_mime_block(data, start, end, faults, policy, "entity header")
-
-
 def _read_mime_block(  # noqa: PLR0917 - internal
     data: bytes,
     start: int,
@@ -1225,57 +1325,12 @@ def _read_mime_block(  # noqa: PLR0917 - internal
 def _read_cpim_block(
     data: bytes, h0: int, h_end: int, faults: _Faults, policy: Policy
 ) -> tuple[list[_Record], list[str]]:
-    """The CPIM message headers (RFC 3862 §3): one record per header, NS resolved in
-    order (§3.4); and the block's lines.
-
-    Fast path: when the block holds no control character but its CRLFs and no whitespace
-    at a line's start or end (checked with C-level byte operations), a line is clean once
-    the text before its first SP is a valid ``Name:params`` head; heads recur (``From:``,
-    ``To:``...), so they are cached. Anything else goes through :func:`_read_lines`.
-    """
-    block = data[h0:h_end]
-    try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
-        text = _decode_block(data, h0, h_end, faults)  # raises BAD_UTF8 with the place
+    """The CPIM header block when the inline fast path of :func:`_parse` does not apply:
+    UTF-8 and policy limits checked with the place of the fault, every line diagnosed."""
+    text = _decode_block(data, h0, h_end, faults)
     lines = text.split("\r\n")
-    if len(lines) > policy.max_headers or h_end - h0 > policy.max_line_length:
-        _check_block_limits(lines, h0, h_end, faults, policy)
-    if (
-        len(block) - len(block.translate(None, _CTL_BYTES)) != 2 * len(lines) - 2
-        or block.startswith(b" ")
-        or block.endswith(b" ")
-        or b"\r\n " in block
-        or b" \r\n" in block
-    ):
-        return _read_lines(data, h0, lines, faults), lines
-    heads = _HEADS
-    records: list[_Record] = []
-    append = records.append
-    default: str | None = CPIM_NS
-    bindings: dict[str | None, str] | None = None
-    for index, line in enumerate(lines):
-        head, sep, value = line.partition(" ")
-        info = heads.get(head) if sep else None
-        if info is None:
-            info = _read_head(head) if sep else None
-            if info is None:
-                return _read_lines(data, h0, lines, faults), lines
-        prefix = info[1]
-        if prefix is None:
-            namespace = default
-        else:
-            namespace = bindings.get(prefix) if bindings is not None else None
-        if info[2] == "NS" and namespace == CPIM_NS:
-            binding = _read_ns(value)
-            if binding is not None:
-                if bindings is None:
-                    bindings = {}
-                bindings[binding[0]] = binding[1]
-                if binding[0] is None:
-                    default = binding[1]
-        append((info, namespace, value, index))
-    return records, lines
+    _check_block_limits(lines, h0, h_end, faults, policy)
+    return _read_lines(data, h0, lines, faults), lines
 
 
 #: Heads (``Name:params`` before the SP) already found valid, with their parts.
@@ -1284,12 +1339,13 @@ _HEADS_MAX: Final = 4096
 
 
 def _read_head(head: str) -> _Head | None:
-    """The parts of a valid head (name, prefix, local, params), or None; remembered."""
+    """The parts of a valid head (name, prefix, local, params, whether NS resolution has
+    work to do for it), or None; remembered."""
     m = _HEAD.fullmatch(head)
     if m is None:
         return None
     name, prefix, local, params = m.groups()
-    info = (name, prefix, local, params)
+    info = (name, prefix, local, params, prefix is not None or local == "NS")
     if len(_HEADS) < _HEADS_MAX:
         _HEADS[head] = info
     return info
@@ -1323,7 +1379,8 @@ def _read_lines(data: bytes, h0: int, lines: list[str], faults: _Faults) -> list
         else:
             name, prefix, local, params_text, value = _diagnose_line(line, faults, offset, number)
             namespace = default if prefix is None else namespaces.get(prefix)
-            record: _Record = ((name, prefix, local, params_text), namespace, value, index)
+            info: _Head = (name, prefix, local, params_text, prefix is not None or local == "NS")
+            record: _Record = (info, namespace, value, index)
             if strict:
                 found = _value_findings(record, namespaces)
                 if found:
@@ -1345,7 +1402,7 @@ def _value_findings(record: _Record, bindings: dict[str | None, str]) -> list[_F
     """Check one header's prefix, parameters and value (RFC 3862 §3.4, §3.6, §4, §2.3.1);
     ``bindings`` are the NS bindings in force at its line."""
     head, namespace, value, _ = record
-    name, prefix, local, params_text = head
+    name, prefix, local, params_text, _special = head
     found: list[_Finding] = []
     if namespace is None:
         found.append(
@@ -1381,10 +1438,14 @@ def _report(  # noqa: PLR0917 - internal
 
 
 def _check_values(
-    records: list[_Record], layout: _Layout, faults: _Faults, profile: Profile | None
+    records: list[_Record],
+    layout: _Layout | Callable[[], _Layout],
+    faults: _Faults,
+    profile: Profile | None,
 ) -> None:
     """Check every header value in order (what strict mode does while reading; lenient
-    mode on the first access of ``defects``), then the profile's rules."""
+    mode on the first access of ``defects``), then the profile's rules. ``layout`` may be
+    a function making it: it is only needed when there is something to report."""
     bindings: dict[str | None, str] = {None: CPIM_NS}
     for k, record in enumerate(records):
         head, namespace, value, _ = record
@@ -1392,6 +1453,8 @@ def _check_values(
         if head[3] or namespace is None or "\\" in value or (core and head[2] in _CORE_CHECKS):
             found = _value_findings(record, bindings)
             if found:
+                if not isinstance(layout, _Layout):
+                    layout = layout()
                 offset, _end, voff, number = layout.span(records, k)
                 _report(found, faults, offset, voff, head[3], number)
         if core and head[2] == "NS":
@@ -1399,6 +1462,8 @@ def _check_values(
             if binding is not None:
                 bindings[binding[0]] = binding[1]
     if profile == "msrp":
+        if not isinstance(layout, _Layout):
+            layout = layout()
         _check_msrp(records, layout, faults, layout.starts[-1])
 
 
