@@ -1622,7 +1622,7 @@ def _read_params(text: str, found: list[_Finding] | None = None) -> tuple[tuple[
                             found.append(
                                 (
                                     "BAD_ESCAPE_IN_STRING",
-                                    f"undefined escape {bad.group()!r} in the quoted value "
+                                    f"undefined escape '{bad.group()}' in the quoted value "
                                     f"of {key!r}",
                                     "params",
                                     _byte_len(text[: pos + 1 + bad.start()]),
@@ -1708,7 +1708,7 @@ def _party_fault(value: str) -> tuple[str, str] | None:
         if bad is not None:
             return (
                 "BAD_ESCAPE_IN_STRING",
-                f"undefined escape {bad.group()!r} in the quoted Formal-name",
+                f"undefined escape '{bad.group()}' in the quoted Formal-name",
             )
         if spaces:
             return "SP_AFTER_STRING_NAME", "space between the quoted Formal-name and '<'"
