@@ -249,16 +249,16 @@ def check_hops(envelope: Envelope, gateway_id: str) -> None:
 class SeenSet:
     """Payload bytes seen recently, per recipient (pure; time passed in; bounded).
 
-    Catches an object that re-enters under another identity with its transport history
-    lost (a hop that does not carry ``Cpimgw-Trace``): the same bytes to the same recipient
-    within ``window`` seconds under a *different* identity is a loop. The same identity
-    again is an ordinary duplicate, left to the store's dedup window.
+    Catches an object that re-enters with its transport history lost (a hop that does not
+    carry ``Cpimgw-Trace``): the same bytes to the same recipient within ``window`` seconds
+    under a *different* identity, or arriving on a *different* adapter, is a loop. The same
+    identity again on the same adapter is an ordinary resend, left to the store's dedup.
     """
 
     def __init__(self, *, window: float, capacity: int = 100_000) -> None:
         self.window = window
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._seen: OrderedDict[bytes, tuple[str, str, float]] = OrderedDict()
 
     @staticmethod
     def key(envelope: Envelope) -> bytes | None:
@@ -277,15 +277,21 @@ class SeenSet:
         if key is None:
             return
         seen = self._seen.get(key)
-        if seen is not None and now - seen[1] < self.window and seen[0] != envelope.identity:
+        mark = (envelope.identity, envelope.origin.adapter)
+        if seen is not None and now - seen[2] < self.window and seen[:2] != mark:
+            how = (
+                f"under a new identity ({envelope.identity}, first {seen[0]})"
+                if seen[0] != envelope.identity
+                else f"on adapter {mark[1]!r} (first on {seen[1]!r})"
+            )
             raise RoutingError(
                 f"loop: the same object to {envelope.recipient} re-entered within"
-                f" {self.window:g}s under a new identity ({envelope.identity}, first {seen[0]})",
+                f" {self.window:g}s {how}",
                 reason=Reason.LOOP,
                 hint="a gateway on the path drops the transport history; fix the routes",
             )
-        if seen is None or seen[0] != envelope.identity:
-            self._seen[key] = (envelope.identity, now)
+        if seen is None or seen[:2] != mark or now - seen[2] >= self.window:
+            self._seen[key] = (*mark, now)
             self._seen.move_to_end(key)
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
@@ -293,7 +299,7 @@ class SeenSet:
 
     def _expire(self, now: float) -> None:
         while self._seen:
-            _, (_, at) = next(iter(self._seen.items()))
+            _, (_, _, at) = next(iter(self._seen.items()))
             if now - at < self.window:
                 return
             self._seen.popitem(last=False)

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from canonical.envelope import Origin
 from canonical.errors import ConfigError, Reason, RoutingError
 from gateway.routing import (
     Route,
@@ -132,7 +133,10 @@ def test_same_bytes_reentering_under_new_identity_is_a_loop() -> None:
     with pytest.raises(RoutingError) as err:
         seen.check(message(native_id="2"), 110.0)
     assert err.value.reason is Reason.LOOP
-    seen.check(message(native_id="3"), 200.0)  # outside the window: a new message
+    third = message(native_id="3")
+    seen.check(third, 200.0)  # outside the window: a new message
+    with pytest.raises(RoutingError, match="on adapter 'peer'"):
+        seen.check(third.replace(origin=Origin(adapter="peer")), 201.0)
 
 
 def test_seen_set_stays_within_capacity() -> None:

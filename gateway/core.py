@@ -1,0 +1,596 @@
+"""The runner: adapters -> loop checks -> security -> routing -> store -> send.
+
+This is the only module of the core that awaits. Everything it decides with is pure
+(:mod:`gateway.routing`, :mod:`gateway.security`, :mod:`gateway.presence`); everything
+it keeps is in the :class:`~gateway.store.Store`.
+
+Inbound (``deliver``, DESIGN.md "Delivery"): an envelope is checked, routed, and
+committed to the store *before* the adapter gets its :class:`Receipt`; a refusal raises
+the :class:`~canonical.errors.GatewayError` whose ``reason`` the adapter turns into its
+own protocol's error. The store's dedup window drops what arrives twice.
+
+Outbound: a dispatcher claims due entries from the store and sends each with
+``envelope.hop(gateway_id)`` (RFC 3860 §3.4.2: MaxForwards spent, our id added to the
+transport history). A retryable failure is rescheduled with exponential backoff and
+jitter (and never sooner than the peer's ``retry_after``); a final failure — not
+retryable, out of attempts, or past the entry's expiry — is kept in the store as failed
+and reported to the sender through the adapter it arrived on (RFC 3860 §3.4.1), once,
+and never for a report itself (RFC 6120 §8.3.1 rule 8: no error in answer to an error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from adapters.contract import Adapter, Capability, Deliver, Receipt
+from canonical.envelope import Envelope, Operation
+from canonical.errors import (
+    DeliveryError,
+    GatewayError,
+    MappingError,
+    Reason,
+    RoutingError,
+    SecurityError,
+)
+from gateway.logs import RUNNER, OutcomeLog
+from gateway.metrics import Metrics
+from gateway.presence import Effects, PresenceBook
+from gateway.routing import RoutingTable, SeenSet, check_hops
+from gateway.security import Rules, judge
+from gateway.store import Commit, Entry, Outbound, Store
+
+#: Attribute of a report envelope (see adapters.memory) — a report is never reported.
+REPORT_REASON = "report.reason"
+#: Envelope attribute naming requested IMDN notifications (RFC 5438 §6.3 Disposition-
+#: Notification); "negative-delivery" in it asks for a failure notification.
+IMDN_REQUEST = "imdn.notification"
+#: Set on the envelope handed to ``Adapter.report`` when the sender asked for a negative
+#: delivery notification: the adapter sends an IMDN failure in its own protocol.
+REPORT_IMDN = "report.imdn"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """Retries and limits of the delivery loop (``[delivery]`` in the config)."""
+
+    initial_backoff: float = 1.0
+    max_backoff: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    max_attempts: int = 12
+    expiry: float = 86400.0
+    presence_expiry: float = 300.0
+    concurrency: int = 256
+    send_timeout: float = 30.0
+    drain_timeout: float = 20.0
+
+
+def backoff(
+    attempts: int, policy: DeliveryPolicy, *, draw: float, retry_after: float | None
+) -> float:
+    """Seconds until attempt ``attempts + 1``: exponential, capped, with ``jitter`` of it
+    drawn at random (``draw`` in [0, 1)), and never less than the peer's ``retry_after``.
+    Pure, so its law is testable: ``(1 - jitter) * base <= delay <= base``."""
+    base = min(
+        policy.max_backoff, policy.initial_backoff * policy.multiplier ** max(0, attempts - 1)
+    )
+    delay = base * (1.0 - policy.jitter * draw)
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass(slots=True)
+class Counters:
+    """What this process did (tests and the benchmark read it; metrics have the rest)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    reported: int = 0
+
+
+class Gateway:
+    """One gateway: its adapters, its store, its rules, and the loops that move messages."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        adapters: Mapping[str, Adapter],
+        store: Store,
+        routing: RoutingTable,
+        rules: Rules | None = None,
+        delivery: DeliveryPolicy | None = None,
+        presence: PresenceBook | None = None,
+        seen: SeenSet | None = None,
+        metrics: Metrics | None = None,
+        outcomes: OutcomeLog | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.adapters = dict(adapters)
+        self.store = store
+        self.routing = routing
+        self.rules = rules or Rules()
+        self.delivery = delivery or DeliveryPolicy()
+        self.book = presence or PresenceBook()
+        self.seen = seen or SeenSet(window=30.0)
+        self.metrics = metrics or Metrics()
+        self.outcomes = outcomes or OutcomeLog()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.log = logging.getLogger(RUNNER)
+        self.counters = Counters()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._adapter_tasks: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+        self._store_ok = False
+        self._handles: dict[str, _Handle] = {}
+        self._check_routes()
+
+    # -- configuration ------------------------------------------------------------
+
+    def _check_routes(self) -> None:
+        missing = sorted(self.routing.adapters() - set(self.adapters))
+        if missing:
+            raise RoutingError(
+                f"routes name adapters that are not configured: {', '.join(missing)}",
+                reason=Reason.INTERNAL,
+                hint="add an [adapters.NAME] section or fix the route",
+            )
+
+    def reload(self, *, routing: RoutingTable, rules: Rules) -> None:
+        """Swap routing and access rules (SIGHUP); connections and the queue stay."""
+        old = self.routing
+        self.routing = routing
+        try:
+            self._check_routes()
+        except RoutingError:
+            self.routing = old
+            raise
+        self.rules = rules
+        self.log.info("routing and access rules reloaded", extra={"routes": len(routing.routes)})
+
+    def capabilities(self, adapter: str) -> frozenset[Capability]:
+        found = self.adapters[adapter]
+        declared = getattr(found, "declared", None)
+        return declared() if callable(declared) else found.capabilities
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, rebuild the presence book, start adapters and loops."""
+        if self._started:
+            return
+        self._started = True
+        await self.store.open()
+        self._store_ok = True
+        self.book.load(await self.store.subscriptions(), await self.store.presences())
+        for name, adapter in self.adapters.items():
+            self._adapter_tasks[name] = asyncio.create_task(
+                self._run_adapter(name, adapter), name=f"adapter:{name}"
+            )
+        self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        await self._resubscribe()
+
+    async def _run_adapter(self, name: str, adapter: Adapter) -> None:
+        try:
+            await adapter.run(self.deliver_for(name))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("adapter stopped with an error", extra={"adapter": name})
+            raise
+
+    def ready(self) -> dict[str, bool]:
+        """Readiness per component (``/readyz``)."""
+        state = {f"adapter:{n}": a.ready() for n, a in self.adapters.items()}
+        for name, task in self._adapter_tasks.items():
+            if task.done():
+                state[f"adapter:{name}"] = False
+        state["store"] = self._store_ok
+        state["accepting"] = self._started and not self._closing
+        return state
+
+    async def stop(self) -> None:
+        """Drain (SIGTERM): refuse new work, let in-flight sends finish (bounded by
+        ``drain_timeout``), stop the adapters, close the store. Entries not yet sent
+        stay in the store for the next start."""
+        if not self._started or self._stopping:
+            return
+        self._closing = True
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(
+                set(self._inflight), timeout=self.delivery.drain_timeout
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.log.warning(
+                    "drain timed out; unfinished sends stay queued", extra={"count": len(pending)}
+                )
+                await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for adapter in self.adapters.values():
+            try:
+                await asyncio.wait_for(adapter.stop(), self.delivery.drain_timeout)
+            except Exception:
+                self.log.exception("adapter did not stop cleanly", extra={"adapter": adapter.name})
+        tasks = list(self._adapter_tasks.values())
+        _, pending_runs = (
+            await asyncio.wait(tasks, timeout=self.delivery.drain_timeout)
+            if tasks
+            else (set(), set())
+        )
+        for task in pending_runs:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
+        self._store_ok = False
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    # -- inbound ------------------------------------------------------------------
+
+    def deliver_for(self, adapter: str) -> Deliver:
+        """The ``deliver`` callable handed to adapter ``adapter``'s ``run``."""
+        handle = self._handles.get(adapter)
+        if handle is None:
+            handle = self._handles[adapter] = _Handle(self, adapter)
+        return handle
+
+    async def accept(self, adapter: str, envelope: Envelope) -> Receipt:
+        """Check, route and store one inbound envelope; see the module docstring."""
+        now = self.clock()
+        if envelope.origin.adapter != adapter:
+            envelope = envelope.replace(origin=replace(envelope.origin, adapter=adapter))
+        if not envelope.received_at:
+            envelope = envelope.replace(received_at=now)
+        try:
+            if self._closing:
+                raise DeliveryError(
+                    "the gateway is shutting down",
+                    retryable=True,
+                    reason=Reason.UNAVAILABLE,
+                    hint="send again in a moment",
+                    retry_after=5.0,
+                )
+            check_hops(envelope, self.gateway_id)
+            batch, effects = await self._plan(envelope, now)
+            accepted = await self.store.commit(batch)
+        except GatewayError as exc:
+            self.counters.refused += 1
+            self.metrics.rejected.labels(adapter, exc.reason.value).inc()
+            self.outcomes.outcome(
+                "refused", envelope, level=logging.WARNING, reason=exc.reason.value, error=str(exc)
+            )
+            raise
+        if accepted.duplicate:
+            self.counters.duplicates += 1
+            self.metrics.duplicates.labels(adapter).inc()
+            self.outcomes.outcome("duplicate", envelope)
+            return Receipt(envelope.identity, duplicate=True)
+        if effects is not None:
+            self.book.apply(effects)
+            if effects.dropped:
+                self.metrics.presence_dropped.inc(effects.dropped)
+        self.counters.accepted += 1
+        self.metrics.messages_in.labels(adapter, envelope.operation.value).inc()
+        self.outcomes.outcome(
+            "accepted", envelope, entries=len(accepted.ids), note=effects.note if effects else None
+        )
+        if accepted.ids:
+            self._wake.set()
+        return Receipt(envelope.identity)
+
+    async def _plan(self, envelope: Envelope, now: float) -> tuple[Commit, Effects | None]:
+        """What storing this envelope means: the queue entries and presence changes."""
+        op = envelope.operation
+        route = None
+        if op is not Operation.NOTIFY:
+            resolution = self.routing.resolve(envelope.recipient)
+            route = resolution.route
+        verdict = judge(
+            envelope,
+            rules=self.rules,
+            routing=self.routing,
+            route=route,
+            capabilities=self.capabilities(route.adapter) if route else frozenset(),
+            now=now,
+        )
+        if verdict.signature != "unchecked":
+            self.metrics.signatures.labels(verdict.signature).inc()
+        if not verdict.allowed:
+            raise verdict.error()
+        if verdict.rate_key is not None and self.rules.rate > 0:
+            wait = await self.store.take_token(
+                verdict.rate_key, rate=self.rules.rate, burst=self.rules.burst, now=now
+            )
+            if wait > 0:
+                raise SecurityError(
+                    f"{envelope.sender} sends faster than {self.rules.rate:g}/s",
+                    reason=Reason.RATE_LIMITED,
+                    hint=f"retry after {wait:.1f}s",
+                )
+        if op is Operation.MESSAGE:
+            self.seen.check(envelope, now)
+            out = envelope.replace(recipient=resolution.recipient)
+            entry = Outbound(resolution.adapter, out, now + self.delivery.expiry)
+            return Commit(envelope.identity, now, (entry,)), None
+        if op is Operation.SUBSCRIBE:
+            effects = self.book.subscribe(
+                envelope,
+                presentity=resolution.recipient,
+                presentity_adapter=resolution.adapter,
+                now=now,
+            )
+        elif op is Operation.UNSUBSCRIBE:
+            effects = self.book.unsubscribe(envelope, presentity=resolution.recipient, now=now)
+        elif op is Operation.AUTHORIZE:
+            effects = self.book.authorize(envelope, watcher=resolution.recipient, now=now)
+        else:
+            effects = self.book.notify(envelope, now=now)
+        return self._commit_of(envelope.identity, effects, now), effects
+
+    def _commit_of(self, identity: str, effects: Effects, now: float) -> Commit:
+        entries = []
+        for out in effects.send:
+            try:
+                resolution = self.routing.resolve(out.recipient)
+            except RoutingError as exc:
+                self.outcomes.outcome("unroutable", out, level=logging.WARNING, error=str(exc))
+                continue
+            expiry = (
+                self.delivery.expiry
+                if out.operation is not Operation.NOTIFY
+                else (self.delivery.presence_expiry)
+            )
+            entries.append(
+                Outbound(
+                    resolution.adapter, out.replace(recipient=resolution.recipient), now + expiry
+                )
+            )
+        return Commit(
+            identity,
+            now,
+            tuple(entries),
+            subscriptions=effects.subscriptions,
+            ended=effects.ended,
+            presence=effects.presence,
+        )
+
+    async def _resubscribe(self) -> None:
+        """Re-establish live subscriptions on the presentities' networks after a start."""
+        now = self.clock()
+        entries = tuple(
+            Outbound(adapter, env, now + self.delivery.presence_expiry)
+            for adapter, env in self.book.resubscribe(now)
+            if adapter in self.adapters
+        )
+        if entries:
+            await self.store.commit(Commit("", now, entries))
+            self.log.info("re-subscribing after start", extra={"count": len(entries)})
+            self._wake.set()
+
+    # -- outbound -----------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        limit = self.delivery.concurrency
+        while not self._stopping:
+            self._wake.clear()
+            free = limit - len(self._inflight)
+            if free > 0:
+                entries = await self.store.claim(self.clock(), free)
+                for entry in entries:
+                    task = asyncio.create_task(self._attempt(entry))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._finished)
+                if len(entries) == free:
+                    await asyncio.sleep(0)
+                    continue
+            due = await self.store.next_due()
+            timeout = 1.0 if due is None else min(1.0, max(0.0, due - self.clock()))
+            if free <= 0 or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout if free > 0 else 1.0)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if len(self._inflight) == self.delivery.concurrency - 1:
+            self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("delivery task crashed", exc_info=task.exception())
+
+    async def _attempt(self, entry: Entry) -> None:
+        adapter = self.adapters.get(entry.target)
+        envelope = entry.envelope
+        if adapter is None:
+            missing = DeliveryError(
+                f"adapter {entry.target!r} is not configured",
+                retryable=False,
+                reason=Reason.INTERNAL,
+                hint="configure it again, or `cpimgw queue drop` the entry",
+            )
+            await self._failed(entry, missing, False, None)
+            return
+        try:
+            await asyncio.wait_for(
+                adapter.send(envelope.hop(self.gateway_id)), self.delivery.send_timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except DeliveryError as exc:
+            await self._failed(entry, exc, exc.retryable, exc.retry_after)
+        except TimeoutError:
+            error = DeliveryError(
+                f"{entry.target} did not answer within {self.delivery.send_timeout:g}s",
+                retryable=True,
+                reason=Reason.TIMEOUT,
+            )
+            await self._failed(entry, error, True, None)
+        except (MappingError, GatewayError) as exc:
+            await self._failed(entry, exc, False, None)
+        except Exception as exc:
+            self.log.exception("send raised an unexpected error", extra={"adapter": entry.target})
+            error = DeliveryError(
+                f"internal error: {exc!r}", retryable=True, reason=Reason.INTERNAL
+            )
+            await self._failed(entry, error, True, None)
+        else:
+            await self.store.complete(entry.id)
+            now = self.clock()
+            self.counters.delivered += 1
+            self.metrics.messages_out.labels(entry.target, envelope.operation.value).inc()
+            self.metrics.latency.labels(entry.target).observe(max(0.0, now - envelope.received_at))
+            self.outcomes.outcome(
+                "delivered", envelope, target=entry.target, attempts=entry.attempts + 1
+            )
+
+    async def _failed(
+        self, entry: Entry, error: GatewayError, retryable: bool, retry_after: float | None
+    ) -> None:
+        now = self.clock()
+        attempts = entry.attempts + 1
+        policy = self.delivery
+        if retryable and attempts < policy.max_attempts and now < entry.expires_at:
+            delay = backoff(attempts, policy, draw=self.rng.random(), retry_after=retry_after)
+            if now + delay < entry.expires_at or retry_after is None:
+                next_at = min(now + delay, entry.expires_at)
+                await self.store.reschedule(
+                    entry.id, next_at=next_at, attempts=attempts, error=str(error)
+                )
+                self.counters.retried += 1
+                self.metrics.retries.labels(entry.target, error.reason.value).inc()
+                self.outcomes.outcome(
+                    "retry",
+                    entry.envelope,
+                    target=entry.target,
+                    attempts=attempts,
+                    delay=round(next_at - now, 3),
+                    reason=error.reason.value,
+                    error=str(error),
+                )
+                return
+        final = error
+        if retryable:
+            why = "expired" if now >= entry.expires_at else f"gave up after {attempts} attempts"
+            final = DeliveryError(
+                f"{why}: {error}",
+                retryable=False,
+                reason=Reason.EXPIRED,
+                hint="the recipient's network did not take it in time",
+            )
+        await self.store.fail(entry.id, error=str(final), now=now)
+        self.counters.failed += 1
+        self.metrics.failed.labels(entry.target, final.reason.value).inc()
+        self.outcomes.outcome(
+            "failed",
+            entry.envelope,
+            level=logging.WARNING,
+            target=entry.target,
+            attempts=attempts,
+            reason=final.reason.value,
+            error=str(final),
+        )
+        await self._report(entry.envelope, final)
+
+    async def _report(self, envelope: Envelope, error: GatewayError) -> None:
+        """Tell the sender, through the adapter it came from; never report a report."""
+        if REPORT_REASON in envelope.attributes:
+            return
+        if envelope.operation not in (Operation.MESSAGE, Operation.SUBSCRIBE):
+            return
+        if envelope.origin.peer == "cpimgw":  # produced by this gateway, nobody to tell
+            return
+        origin = self.adapters.get(envelope.origin.adapter)
+        if origin is None:
+            return
+        if "negative-delivery" in envelope.attributes.get(IMDN_REQUEST, ""):
+            envelope = envelope.replace(attributes={**envelope.attributes, REPORT_IMDN: "failed"})
+        try:
+            await asyncio.wait_for(origin.report(envelope, error), self.delivery.send_timeout)
+        except Exception as exc:  # noqa: BLE001 - a failed report is logged, never fatal
+            self.metrics.reports.labels(origin.name, "error").inc()
+            self.log.warning(
+                "failure report could not be sent",
+                extra={"adapter": origin.name, "identity": envelope.identity, "error": repr(exc)},
+            )
+            return
+        self.counters.reported += 1
+        self.metrics.reports.labels(origin.name, "sent").inc()
+
+    # -- housekeeping -------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        last_maintain = 0.0
+        while not self._stopping:
+            now = self.clock()
+            try:
+                effects = self.book.flush(now)
+                if effects.send or effects.ended:
+                    await self.store.commit(self._commit_of("", effects, now))
+                    self.book.apply(effects)
+                    self._wake.set()
+                if now - last_maintain >= 60.0:
+                    last_maintain = now
+                    await self.store.maintain(now)
+                self.metrics.observe_queue(await self.store.stats(now))
+                self.metrics.observe_subscriptions(self.book.counts())
+                for name, ready in self.ready().items():
+                    if name.startswith("adapter:"):
+                        self.metrics.adapter_ready.labels(name[8:]).set(1 if ready else 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("housekeeping failed; trying again")
+            held = self.book.next_flush()
+            pause = 2.0 if held is None else min(2.0, max(0.05, held - self.clock()))
+            await asyncio.sleep(pause)
+
+    async def settle(self, *, within: float = 10.0) -> None:
+        """Wait until nothing is due or in flight (tests, benchmark)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            due = await self.store.next_due()
+            if not self._inflight and (due is None or due > self.clock()):
+                return
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"the gateway did not settle within {within}s")
+
+
+class _Handle:
+    """The ``deliver`` callable of one adapter (a small object, not a closure, so the
+    adapter name is visible when debugging)."""
+
+    __slots__ = ("adapter", "gateway")
+
+    def __init__(self, gateway: Gateway, adapter: str) -> None:
+        self.gateway = gateway
+        self.adapter = adapter
+
+    async def __call__(self, envelope: Envelope) -> Receipt:
+        return await self.gateway.accept(self.adapter, envelope)

@@ -1,0 +1,290 @@
+"""The runner with in-memory adapters: store-before-ack, dedup, retries, reports, presence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
+from canonical.errors import DeliveryError, GatewayError, Reason, RoutingError, SecurityError
+from gateway.core import REPORT_IMDN, DeliveryPolicy, backoff
+from gateway.routing import Route, RoutingTable
+from gateway.security import Rules
+from gateway.store import EntryState
+from gateway.store.sqlite import SqliteStore
+from tests.gateway.network import adapter, build, until
+from tests.gateway.samples import message
+
+
+async def test_message_crosses_with_one_hop_spent_and_our_id_in_the_trace(tmp_path: Path) -> None:
+    async with build(path=tmp_path / "q.db") as gw:
+        receipt = await adapter(gw, "xmpp").inject(message())
+        sip = adapter(gw, "sip")
+        await sip.wait_sent(1)
+    [sent] = sip.sent
+    assert receipt.identity == sent.identity
+    assert not receipt.duplicate
+    assert sent.max_forwards == 69
+    assert sent.trace == ("gw",)
+    assert sent.payload == message().payload
+    assert gw.metrics.messages_out.labels("sip", "message")._value.get() == 1
+
+
+async def test_receipt_comes_only_after_the_envelope_is_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with build(path=path) as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(*[DeliveryError("busy", retryable=True)] * 50)
+        receipt = await adapter(gw, "xmpp").inject(message())
+        reader = SqliteStore(path, serve=False)
+        await reader.open()
+        stored = await reader.entries()
+        await reader.close()
+        assert [e.envelope.identity for e in stored] == [receipt.identity]
+
+
+async def test_same_identity_twice_is_delivered_once() -> None:
+    async with build() as gw:
+        xmpp = adapter(gw, "xmpp")
+        first = await xmpp.inject(message())
+        second = await xmpp.inject(message())
+        await gw.settle()
+    assert (first.duplicate, second.duplicate) == (False, True)
+    assert len(adapter(gw, "sip").sent) == 1
+
+
+async def test_unknown_destination_is_refused_before_storing() -> None:
+    async with build() as gw:
+        with pytest.raises(RoutingError) as err:
+            await adapter(gw, "xmpp").inject(message(recipient="sip:bob@nowhere.example"))
+        assert err.value.reason is Reason.UNKNOWN_DESTINATION
+        assert (await gw.store.stats(time.time())).pending == 0
+        assert gw.metrics.rejected.labels("xmpp", "unknown-destination")._value.get() == 1
+
+
+async def test_spoofed_sender_is_refused() -> None:
+    async with build() as gw:
+        with pytest.raises(SecurityError) as err:
+            await adapter(gw, "sip").inject(message(sender="xmpp:mallory@xmpp.example.com"))
+    assert err.value.reason is Reason.FORBIDDEN
+
+
+async def test_sender_over_its_rate_is_refused_with_a_retry_hint() -> None:
+    async with build(rules=Rules(rate=0.001, burst=2)) as gw:
+        xmpp = adapter(gw, "xmpp")
+        await xmpp.inject(message(text="1"))
+        await xmpp.inject(message(text="2"))
+        with pytest.raises(SecurityError) as err:
+            await xmpp.inject(message(text="3"))
+    assert err.value.reason is Reason.RATE_LIMITED
+    assert "retry after" in str(err.value)
+
+
+async def test_retryable_failures_are_retried_until_delivered() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(DeliveryError("busy", retryable=True), DeliveryError("busy", retryable=True))
+        await adapter(gw, "xmpp").inject(message())
+        await sip.wait_sent(1)
+    assert sip.attempts == 3
+    assert gw.counters.retried == 2
+    assert len(sip.sent) == 1
+
+
+async def test_retry_waits_at_least_what_the_peer_asked() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(DeliveryError("later", retryable=True, retry_after=30.0))
+        before = time.time()
+        await adapter(gw, "xmpp").inject(message())
+        await until(lambda: sip.attempts >= 1)
+        await asyncio.sleep(0.05)
+        [entry] = await gw.store.entries()
+    assert entry.next_at >= before + 30.0
+    assert entry.attempts == 1
+
+
+def test_backoff_grows_exponentially_within_its_jitter_and_cap() -> None:
+    policy = DeliveryPolicy(initial_backoff=1.0, multiplier=2.0, max_backoff=60.0, jitter=0.5)
+    for attempts in range(1, 12):
+        base = min(60.0, 2.0 ** (attempts - 1))
+        low = backoff(attempts, policy, draw=0.999999, retry_after=None)
+        high = backoff(attempts, policy, draw=0.0, retry_after=None)
+        assert base * 0.5 <= low <= high == base
+    assert backoff(1, policy, draw=0.5, retry_after=90.0) == 90.0
+
+
+async def test_final_failure_is_kept_and_reported_to_the_sender_once() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(
+            DeliveryError("no such user", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+        )
+        xmpp = adapter(gw, "xmpp")
+        env = message().replace(
+            attributes={"imdn.notification": "positive-delivery, negative-delivery"}
+        )
+        await xmpp.inject(env)
+        await xmpp.wait_sent(1)
+        failed = await gw.store.entries(EntryState.FAILED)
+    [(reported, error)] = xmpp.reports
+    assert reported.identity == env.identity
+    assert error.reason is Reason.UNKNOWN_DESTINATION
+    assert reported.attributes[REPORT_IMDN] == "failed"
+    assert [e.envelope.identity for e in failed] == [env.identity]
+    assert "no such user" in (failed[0].last_error or "")
+
+
+async def test_entry_past_its_expiry_fails_as_expired() -> None:
+    policy = DeliveryPolicy(initial_backoff=0.02, max_backoff=0.02, expiry=0.2, send_timeout=1.0)
+    async with build(delivery=policy) as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(*[DeliveryError("down", retryable=True)] * 1000)
+        xmpp = adapter(gw, "xmpp")
+        await xmpp.inject(message())
+        await xmpp.wait_sent(1, within=5.0)
+    [(_, error)] = xmpp.reports
+    assert error.reason is Reason.EXPIRED
+    assert "down" in str(error)
+
+
+async def test_a_failed_report_is_never_reported() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(DeliveryError("gone", retryable=False))
+        report = message().replace(attributes={"report.reason": "loop"})
+        await adapter(gw, "xmpp").inject(report)
+        await gw.settle()
+    assert adapter(gw, "xmpp").reports == []
+    assert gw.counters.failed == 1
+
+
+async def test_unexpected_exception_in_send_is_retried_not_lost() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(RuntimeError("bug"))
+        await adapter(gw, "xmpp").inject(message())
+        await sip.wait_sent(1)
+    assert gw.counters.retried == 1
+
+
+async def test_pending_entries_are_delivered_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    gw = build(path=path)
+    await gw.start()
+    sip = adapter(gw, "sip")
+    sip.fail_next(*[DeliveryError("down", retryable=True)] * 1000)
+    ids = [(await adapter(gw, "xmpp").inject(message(text=str(i)))).identity for i in range(5)]
+    await gw.stop()
+    again = build(path=path)
+    async with again:
+        await adapter(again, "sip").wait_sent(5)
+    assert sorted(e.identity for e in adapter(again, "sip").sent) == sorted(ids)
+
+
+async def test_stop_drains_in_flight_sends() -> None:
+    gw = build()
+    await gw.start()
+    sip = adapter(gw, "sip")
+    gate = asyncio.Event()
+    original = sip.send
+
+    async def slow(envelope: Envelope):  # type: ignore[no-untyped-def]
+        await gate.wait()
+        return await original(envelope)
+
+    sip.send = slow  # type: ignore[method-assign]
+    await adapter(gw, "xmpp").inject(message())
+    await until(lambda: bool(gw._inflight))
+    stopping = asyncio.create_task(gw.stop())
+    await asyncio.sleep(0.05)
+    with pytest.raises(GatewayError) as err:
+        await adapter(gw, "xmpp").inject(message(text="late"))
+    assert err.value.reason is Reason.UNAVAILABLE
+    gate.set()
+    await stopping
+    assert len(sip.sent) == 1
+
+
+async def test_reload_changes_routes_without_restarting_adapters() -> None:
+    async with build() as gw:
+        with pytest.raises(RoutingError):
+            await adapter(gw, "xmpp").inject(message(recipient="sip:bob@new.example"))
+        gw.reload(
+            routing=RoutingTable([*gw.routing.routes, Route("new.example", "sip")]),
+            rules=gw.rules,
+        )
+        await adapter(gw, "xmpp").inject(message(recipient="sip:bob@new.example"))
+        await adapter(gw, "sip").wait_sent(1)
+        with pytest.raises(RoutingError, match="not configured"):
+            gw.reload(routing=RoutingTable([Route("x.example", "irc")]), rules=gw.rules)
+        assert len(gw.routing.routes) == 3
+
+
+async def test_route_rewrites_the_transport_address_not_the_payload() -> None:
+    routes = (
+        Route("xmpp.example.com", "xmpp"),
+        Route("sip.example.com", "sip", scheme="sip", domain="example.net"),
+    )
+    async with build(routes) as gw:
+        env = message(recipient="xmpp:bob@sip.example.com")
+        await adapter(gw, "xmpp").inject(env)
+        await adapter(gw, "sip").wait_sent(1)
+    [sent] = adapter(gw, "sip").sent
+    assert sent.recipient == "sip:bob@example.net"
+    assert sent.payload == env.payload
+
+
+# -- presence through the core ----------------------------------------------------------
+
+W = "xmpp:alice@xmpp.example.com/phone"
+P = "sip:bob@sip.example.net"
+
+
+def op(
+    kind: Operation, sender: str, recipient: str, adapter_name: str, n: int = 0, **kw: object
+) -> Envelope:
+    env = Envelope(
+        operation=kind,
+        sender=sender,
+        recipient=recipient,
+        payload=None,
+        identity=identity_of(kind.value, sender, recipient, str(n)),
+        origin=Origin(adapter=adapter_name),
+    )
+    return env.replace(**kw) if kw else env
+
+
+async def test_presence_handshake_notify_and_restart(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with build(path=path) as gw:
+        xmpp, sip = adapter(gw, "xmpp"), adapter(gw, "sip")
+        await xmpp.inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+        await sip.wait_sent(1)
+        await sip.inject(op(Operation.AUTHORIZE, P, W, "sip", granted=True))
+        await xmpp.wait_sent(1)
+        doc = Payload(PIDF, b"<presence entity='pres:bob@sip.example.net'/>")
+        await sip.inject(op(Operation.NOTIFY, P, W, "sip", 1, payload=doc))
+        await xmpp.wait_sent(2)
+        with pytest.raises(SecurityError):
+            await sip.inject(op(Operation.UNSUBSCRIBE, W, P, "sip"))
+    assert [e.operation for e in sip.sent] == [Operation.SUBSCRIBE]
+    assert [e.operation for e in xmpp.sent] == [Operation.AUTHORIZE, Operation.NOTIFY]
+    assert xmpp.sent[1].payload == doc
+    again = build(path=path)
+    async with again:
+        await adapter(again, "sip").wait_sent(1)
+        [resub] = adapter(again, "sip").sent
+        assert (resub.operation, resub.sender, resub.recipient) == (
+            Operation.SUBSCRIBE,
+            "xmpp:alice@xmpp.example.com",
+            P,
+        )
+        await adapter(again, "xmpp").inject(op(Operation.SUBSCRIBE, W, P, "xmpp", 2, duration=0))
+        await adapter(again, "xmpp").wait_sent(1)
+        [answer] = adapter(again, "xmpp").sent
+    assert answer.operation is Operation.NOTIFY
+    assert answer.payload == doc
