@@ -421,6 +421,10 @@ def _build_headers(headers: Sequence[tuple[str, str]], body: bytes) -> tuple[Hea
     return tuple(fields)
 
 
+#: Requests that create dialogs (RFC 3261 §12, RFC 6665 §4.1.2, RFC 3515).
+DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+
+
 def reply(
     request: Request,
     status: int,
@@ -432,10 +436,13 @@ def reply(
     content_type: str | None = None,
 ) -> Response:
     """A response to ``request`` per RFC 3261 §8.2.6.2: Via lines, From, Call-ID and CSeq
-    copied byte for byte, To copied with a tag added when given (and none present)."""
+    copied byte for byte, To copied with a tag added when given (and none present), and
+    Record-Route copied for responses that establish a dialog (§12.1.1)."""
     fields: list[HeaderField] = []
+    # §12.1.1: a 2xx/1xx to a dialog-creating request carries its Record-Route lines.
+    dialog = request.method in DIALOG_METHODS and 100 < status < 300
     for h in request.headers:
-        if h.key in ("via", "from", "call-id", "cseq"):
+        if h.key in ("via", "from", "call-id", "cseq") or (dialog and h.key == "record-route"):
             fields.append(h)
         elif h.key == "to":
             if to_tag is not None and ";tag=" not in h.value.replace(" ", "").lower():

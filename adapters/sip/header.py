@@ -871,3 +871,29 @@ def format_auth(scheme: str, params: Sequence[tuple[str, str, bool]]) -> str:
     """``scheme name="value", name=token`` from ``(name, value, quoted)`` triples."""
     items = [f"{n}={quote(v)}" if q else f"{n}={v}" for n, v, q in params]
     return f"{scheme} " + ", ".join(items)
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonValue:
+    """One ``Reason`` header value (RFC 3326 §2): protocol plus ``cause``/``text`` params."""
+
+    protocol: str
+    params: Params = ()
+
+    @property
+    def cause(self) -> int | None:
+        value = param(self.params, "cause")
+        return int(value) if value and value.isdigit() else None
+
+    @property
+    def text(self) -> str | None:
+        return param(self.params, "text")
+
+
+def parse_reason(value: str) -> ReasonValue:
+    cur = _Cursor(value)
+    cur.skip_ws()
+    protocol = cur.token("reason protocol")
+    params = cur.params()
+    _finish(cur, "Reason")
+    return ReasonValue(protocol, params)

@@ -160,7 +160,7 @@ def _aor(uri: hdr.Uri) -> str:
     return uri.address_of_record
 
 
-def _call_id_word(text: str) -> str:
+def call_id_word(text: str) -> str:
     return _CALL_ID_SAFE.sub("-", text) or "cpimgw"
 
 
@@ -404,7 +404,7 @@ class SipMapper:
 
     def call_id(self, envelope: Envelope) -> str:
         """``identity@gateway-id`` (docs/architecture.md "Identity"): same on every resend."""
-        return f"{envelope.identity}@{_call_id_word(self.gateway_id)}"
+        return f"{envelope.identity}@{call_id_word(self.gateway_id)}"
 
     def from_canonical(self, envelope: Envelope) -> Mapped[Request]:
         """The request for an envelope: MESSAGE fully; SUBSCRIBE/NOTIFY out of dialog (the
@@ -466,17 +466,21 @@ class SipMapper:
         attrs = envelope.attributes
         if payload.media_type == CPIM and not payload.is_secured:
             try:
-                message = cpim.parse_body(payload.body, policy=self.policy)
+                message: cpim.CpimMessage | None = cpim.parse_body(payload.body, policy=self.policy)
             except ParseError as exc:
-                raise MappingError(
-                    f"payload is not a readable message/cpim object: {exc}",
-                    reason=Reason.BAD_REQUEST,
-                ) from exc
-            native = self._restore(envelope, message, recipient)
-            if native is not None:
-                return Mapped(native)
-            if body_type == "text/plain":
-                return self._as_text(envelope, message, recipient)
+                if body_type == "text/plain":
+                    raise MappingError(
+                        f"payload is not a readable message/cpim object: {exc}",
+                        reason=Reason.BAD_REQUEST,
+                        hint="a text-only route needs a readable object",
+                    ) from exc
+                message = None  # relayed as it is: the bytes are the truth
+            if message is not None:
+                native = self._restore(envelope, message, recipient)
+                if native is not None:
+                    return Mapped(native)
+                if body_type == "text/plain":
+                    return self._as_text(envelope, message, recipient)
         headers = self._base_headers(
             envelope,
             "MESSAGE",
@@ -604,6 +608,16 @@ class SipMapper:
             )
         return Mapped(Request.build("MESSAGE", recipient, headers, body), tuple(losses))
 
+    # ----------------------------------------------------------- failures (ErrorMapper)
+
+    def error_to_native(self, envelope: Envelope, error: GatewayError) -> Request:
+        """The failure notice for the SIP sender of ``envelope`` (see :func:`error_to_native`)."""
+        return error_to_native(self, envelope, error)
+
+    def error_from_native(self, native: Request) -> GatewayError | None:
+        """The failure a notice reports, None when it reports none."""
+        return error_from_native(native)
+
     # --------------------------------------------------------------------- presence
 
     def subscribe_to_canonical(
@@ -727,6 +741,11 @@ def notify_state(envelope: Envelope, *, expires: int | None = None) -> str:
     return state if expires is None else f"{state};expires={expires}"
 
 
+def _one_line(text: str) -> str:
+    """Text safe inside a quoted header value: no CR/LF, backslash or double quote."""
+    return " ".join(text.replace("\\", "/").replace('"', "'").split())
+
+
 def _title(key: str) -> str:
     return "-".join(part.capitalize() for part in key.split("-"))
 
@@ -812,7 +831,7 @@ def error_response(
         extra.append(("Retry-After", str(max(1, round(wait)))))
     if status == 415:
         extra.append(("Accept", ACCEPTED_TYPES))
-    text = str(error).replace("\\", "/").replace('"', "'")[:300]
+    text = _one_line(str(error))[:300]
     extra.append(("Warning", f'399 cpimgw "{text}"'))
     return status, phrase, extra
 
@@ -895,3 +914,126 @@ def delivery_error(response: Response, *, target: str) -> DeliveryError:
         retry_after=None if retry_after is None else float(retry_after),
         status=text,
     )
+
+
+# ------------------------------------------------------------------ failure notices
+
+IMDN_XML_NS = "urn:ietf:params:xml:ns:imdn"
+#: RFC 3326 Reason header parameter carrying cpimgw's reason, so a notice reads back exactly.
+REASON_PARAM = "cpimgw"
+
+
+def _reason_header(error: GatewayError) -> str:
+    status, _phrase, _ = error_response(error)
+    text = _one_line(str(error))[:200]
+    return f'SIP;cause={status};text="{text}";{REASON_PARAM}={error.reason.value}'
+
+
+def failure_imdn(envelope: Envelope, *, datetime: str) -> bytes:
+    """RFC 5438 §9 delivery notification with status ``failed`` for ``envelope``."""
+    message_id = envelope.attributes.get("imdn.message-id", envelope.identity)
+    escaped = message_id.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<imdn xmlns="{IMDN_XML_NS}">\n'
+        f" <message-id>{escaped}</message-id>\n"
+        f" <datetime>{datetime}</datetime>\n"
+        " <delivery-notification><status><failed/></status></delivery-notification>\n"
+        "</imdn>\n"
+    ).encode()
+
+
+def _wants_negative_delivery(envelope: Envelope) -> bool:
+    wanted = envelope.attributes.get("imdn.disposition-notification", "")
+    return "negative-delivery" in wanted.replace(" ", "").split(",") and bool(
+        envelope.attributes.get("imdn.message-id")
+    )
+
+
+def _rfc3339(timestamp: float) -> str:
+    import datetime as dt  # noqa: PLC0415 - only failure notices need it
+
+    moment = dt.datetime.fromtimestamp(timestamp, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def error_to_native(mapper: SipMapper, envelope: Envelope, error: GatewayError) -> Request:
+    """The MESSAGE telling the SIP sender of ``envelope`` that it finally failed.
+
+    An IMDN ``failed`` notification (RFC 5438 §7.2.1.1, message/cpim, From the intended
+    recipient) when the sender asked for negative delivery notifications; otherwise a
+    text/plain notice from the gateway's own address explaining the failure and the fix.
+    Both carry an RFC 3326 ``Reason`` header (``SIP;cause=...;cpimgw=<reason>``).
+    """
+    target = sip_address(envelope.origin.reply_to or envelope.sender)
+    notice = envelope.replace(
+        identity=identity_of("failure", envelope.identity),
+        max_forwards=DEFAULT_MAX_FORWARDS,
+        trace=(),
+    )
+    if _wants_negative_delivery(envelope):
+        when = _rfc3339(envelope.received_at)
+        body = failure_imdn(envelope, datetime=when)
+        message = cpim.build(
+            sender=cpim.Party(None, sip_address(envelope.recipient)),
+            to=[cpim.Party(None, target)],
+            datetime=when,
+            namespaces=[("imdn", IMDN_HEADERS_NS)],
+            extensions=[("imdn.Message-ID", notice.identity[:24])],
+            content_type=IMDN,
+            entity_headers=[("Content-Disposition", "notification")],
+            body=body,
+        )
+        headers = mapper._base_headers(
+            notice.replace(sender=envelope.recipient),
+            "MESSAGE",
+            to_uri=target,
+            from_display=None,
+            to_display=None,
+        )
+        headers += [("Reason", _reason_header(error)), ("Content-Type", CPIM)]
+        return Request.build("MESSAGE", target, headers, bytes(message))
+    headers = mapper._base_headers(
+        notice.replace(sender=mapper.notice_from),
+        "MESSAGE",
+        to_uri=target,
+        from_display="cpimgw",
+        to_display=None,
+    )
+    hint = f" {error.hint}." if error.hint else ""
+    text = f"Your message to {envelope.recipient} could not be delivered: {error.message}.{hint}"
+    headers += [
+        ("Subject", "Undeliverable message"),
+        ("Reason", _reason_header(error)),
+        ("Content-Type", TEXT_PLAIN),
+    ]
+    return Request.build("MESSAGE", target, headers, text.encode("utf-8"))
+
+
+def error_from_native(native: Request) -> GatewayError | None:
+    """The failure a notice reports (its Reason header, or an IMDN ``failed``), else None."""
+    for value in native.values("Reason"):
+        try:
+            found = hdr.parse_reason(value)
+        except ParseError:
+            continue
+        reason_text = hdr.param(found.params, REASON_PARAM)
+        if reason_text:
+            try:
+                reason = Reason(reason_text)
+            except ValueError:
+                reason = Reason.INTERNAL
+        elif found.cause is not None:
+            reason = FROM_STATUS.get(found.cause, (Reason.INTERNAL, False))[0]
+        else:
+            continue
+        return GatewayError(found.text or f"SIP failure {found.cause}", reason=reason)
+    media = native.content_type
+    if media is not None and media.essence == CPIM:
+        try:
+            message = cpim.parse_body(native.body)
+        except ParseError:
+            return None
+        if (message.content_type or "").startswith(IMDN) and b"<failed/>" in message.body:
+            return GatewayError("delivery failed (IMDN)", reason=Reason.UNAVAILABLE)
+    return None
