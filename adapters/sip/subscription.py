@@ -185,7 +185,14 @@ class Subscriber:
         self.refresh_at = now + margin if expires > 0 else None
 
     def on_response(self, response: Response, now: float) -> list[SubscriberEvent]:
-        """The final response to our initial SUBSCRIBE or a refresh (RFC 6665 §4.1.2.1)."""
+        """The final response to our initial SUBSCRIBE or a refresh (RFC 6665 §4.1.2.1).
+
+        The response's CSeq may be above ours when the endpoint answered a digest challenge
+        (§22.2: the retry takes the next CSeq); later requests continue from it.
+        """
+        self._cseq = max(self._cseq, response.cseq.number)
+        if self.dialog is not None:
+            self.dialog.local_cseq = max(self.dialog.local_cseq, response.cseq.number)
         if 200 <= response.status < 300:
             if self.dialog is None:
                 self.dialog = self._dialog_from(response, reverse=True)
