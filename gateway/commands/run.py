@@ -1,0 +1,146 @@
+"""``cpimgw run -c FILE``: serve until SIGTERM.
+
+Starts the configured adapters, the store and the health/metrics listener. Signals:
+SIGTERM and SIGINT drain (no new work, in-flight sends finish, the rest stays queued)
+and exit 0; SIGHUP re-reads the file and swaps routing and access rules without
+dropping connections (other changes need a restart, and the log says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from adapters.contract import AdapterContext
+from canonical.errors import GatewayError
+from canonical.policy import DEFAULT
+from gateway import logs
+from gateway.config import Config, load_file
+from gateway.core import Gateway
+from gateway.health import HealthServer
+from gateway.logs import OutcomeLog
+from gateway.metrics import Metrics
+from gateway.presence import PresenceBook
+from gateway.routing import SeenSet
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.sqlite import SqliteStore
+
+log = logging.getLogger(logs.RUNNER)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run", help="run the gateway", description=__doc__)
+    parser.add_argument("-c", "--config", required=True, help="the TOML config file")
+    parser.set_defaults(handler=handle)
+
+
+def store_of(config: Config, *, serve: bool = True) -> Store:
+    """The store the config asks for."""
+    section = config.settings.store
+    if section.backend == "memory":
+        return MemoryStore(dedup_window=section.dedup_window)
+    return SqliteStore(
+        config.store_path,
+        synchronous=section.synchronous,
+        dedup_window=section.dedup_window,
+        poll_interval=section.poll_interval,
+        serve=serve,
+    )
+
+
+def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
+    """A gateway built from a checked config (nothing started yet)."""
+    settings = config.settings
+    metrics = metrics or Metrics()
+    policy = DEFAULT.replace(max_message_size=settings.security.max_size)
+    adapters = {}
+    for name, setup in config.adapters.items():
+        context = AdapterContext(
+            gateway_id=settings.gateway.id,
+            logger=logging.getLogger(f"cpimgw.adapter.{name}"),
+            policy=policy,
+        )
+        adapters[name] = setup.cls(name, setup.config, context)
+    presence = settings.presence
+    return Gateway(
+        gateway_id=settings.gateway.id,
+        adapters=adapters,
+        store=store_of(config),
+        routing=config.routing(),
+        rules=config.rules(),
+        delivery=config.delivery(),
+        presence=PresenceBook(
+            min_interval=presence.min_interval,
+            watcher_rate=presence.watcher_rate,
+            watcher_burst=presence.watcher_burst,
+        ),
+        seen=SeenSet(window=settings.loop.seen_window),
+        metrics=metrics,
+        outcomes=OutcomeLog(settings.logging.trace),
+    )
+
+
+async def serve(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+    gateway = gateway_of(config)
+    health = None
+    if config.settings.metrics.enabled:
+        host, port = config.listen()
+        health = HealthServer(gateway, host=host, port=port)
+        bound = await health.start()
+        log.info("health and metrics listening", extra={"listen": f"{host}:{bound}"})
+    if config.settings.store.backend == "memory":
+        log.warning("the store is in memory: a crash loses every queued message")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reload(gateway, config))
+    try:
+        await gateway.start()
+        log.info(
+            "cpimgw ready",
+            extra={"gateway": gateway.gateway_id, "adapters": ",".join(gateway.adapters)},
+        )
+        await stop.wait()
+        log.info("draining")
+    finally:
+        await gateway.stop()
+        if health is not None:
+            await health.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    log.info("stopped", extra=dict(vars(gateway.counters)))
+    return 0
+
+
+def reload(gateway: Gateway, config: Config) -> None:
+    """SIGHUP: routing and access rules from the file again; the rest needs a restart."""
+    try:
+        fresh = load_file(config.file)
+        gateway.reload(routing=fresh.routing(), rules=fresh.rules())
+    except GatewayError as exc:
+        log.error(  # noqa: TRY400 - the error text says it all; no traceback for bad config
+            "reload refused; the old rules stay in force", extra={"error": str(exc)}
+        )
+        return
+    if fresh.settings.model_dump(exclude={"routes", "security"}) != config.settings.model_dump(
+        exclude={"routes", "security"}
+    ):
+        log.warning("only [[routes]] and [security] are reloaded; restart for the other changes")
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = load_file(args.config)
+    level = config.settings.logging.level
+    logs.configure(fmt=config.settings.logging.format, level=level)
+    try:
+        return asyncio.run(serve(config))
+    except GatewayError as exc:
+        print(f"cpimgw: {exc}", file=sys.stderr)
+        return 2
