@@ -1,0 +1,1153 @@
+"""The shared store: the :class:`~gateway.store.Store` protocol on Redis, for several
+gateway nodes at once (redis-py's asyncio client; Redis >= 7 or Valkey).
+
+Why this shape (docs/scaling.md has the costs and the model at scale):
+
+- **Every state change is one Redis Function call** (library ``cpimgw_1``, loaded with
+  ``FUNCTION LOAD REPLACE`` at :meth:`RedisStore.open`): a function runs atomically, so
+  :meth:`RedisStore.commit` writes the dedup mark, the queue entries, the subscription
+  changes and the last presence together or not at all (DESIGN.md "Delivery"). Functions
+  are kept in the AOF, so a restarted Redis still has them.
+- **The delivery queue is a Redis Stream read through one consumer group** (``XADD``,
+  ``XREADGROUP``, ``XACK``): each node is a consumer; an entry a node read and has not
+  finished stays in that node's pending list. A node whose heartbeat expired has its
+  pending entries taken by the others once they have been idle ``claim_idle`` seconds
+  (``XPENDING ... IDLE`` + ``XCLAIM``; see :mod:`gateway.cluster`). A restarted node reads
+  its own pending list first (``XREADGROUP ... 0``) and takes its unfinished work back.
+- **Retries wait in a sorted set** scored by their due time; :meth:`RedisStore.claim`
+  moves the due ones into the stream before reading it, so every node sees them.
+- **Indexes for the operator** (pending and failed ids, pending per target) are kept by
+  the same functions, so ``cpimgw queue`` and ``/metrics`` never scan the keyspace.
+- **Group commit**: concurrent calls are sent in one pipeline per round trip (each call
+  still atomic on its own); ``[store] replicas = N`` appends ``WAIT N`` to each pipeline
+  that holds a commit, so a sender is acknowledged only once N replicas have the envelope.
+- The dedup window is a key per identity holding the time it was first seen
+  (``SET ... PX window``): the decision uses the time passed in, Redis's expiry is the
+  housekeeping. Id mappings are keys with a TTL; rate-limit buckets are hashes updated by
+  a function (atomic across nodes).
+
+All keys of one gateway cluster share the hash tag ``{namespace}``, so they live in one
+Redis Cluster slot and multi-key functions stay legal there; a second namespace (another
+set of component domains, docs/scaling.md "Sharding by domain") can live on another
+Redis or another slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from canonical.envelope import Envelope
+from canonical.errors import DeliveryError, GatewayError, Reason
+from gateway.cluster import (
+    Consumer,
+    Node,
+    Timing,
+    decode_presence,
+    decode_subscription,
+    encode_presence,
+    encode_subscription,
+    may_take_over,
+    node_name,
+    orphaned,
+    retired,
+    subscription_field,
+)
+from gateway.presence import LastPresence, Subscription
+from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
+from gateway.store.sqlite import decode_envelope, encode_envelope
+
+log = logging.getLogger("cpimgw.store.redis")
+
+#: The library's version: part of every function name, so nodes of two cpimgw versions
+#: sharing one Redis each call their own functions during a rolling upgrade.
+LIBRARY = "cpimgw_1"
+GROUP = "nodes"
+#: Attribute the core sets on the SUBSCRIBEs it sends to re-establish subscriptions
+#: after a start (gateway.presence.PresenceBook.resubscribe).
+REFRESH = "subscription.refresh"
+
+_LIBRARY_CODE = """#!lua name=cpimgw_1
+-- Every function takes the key prefix "{namespace}:" as its first argument and the
+-- stream as KEYS[1] (declared, so Redis Cluster routes the call to the right slot).
+
+local function unqueue(q, P, id, f)
+  -- forget every trace of entry id (f = state, sid, target) outside its hash
+  redis.call('ZREM', P .. 'due', id)
+  if f[2] then
+    redis.call('XACK', q, 'nodes', f[2])
+    redis.call('XDEL', q, f[2])
+  end
+  if f[1] == 'pending' then
+    redis.call('ZREM', P .. 'pending', id)
+    if redis.call('HINCRBY', P .. 'targets', f[3], -1) <= 0 then
+      redis.call('HDEL', P .. 'targets', f[3])
+    end
+  elseif f[1] == 'failed' then
+    redis.call('ZREM', P .. 'failed', id)
+  end
+end
+
+local function release(q, held)
+  if held ~= '' then
+    redis.call('XACK', q, 'nodes', held)
+    redis.call('XDEL', q, held)
+  end
+end
+
+local function book(P, maxlen, ...)
+  redis.call('XADD', P .. 'book', 'MAXLEN', '~', maxlen, '*', ...)
+end
+
+-- commit(P, identity, at, window, window_ms, book_maxlen, guard_ms, n,
+--        n x (target, expires_at, meta, body, guard),
+--        n_subs, n_subs x (field, value), n_ended, n_ended x field, pres_field, pres_value)
+local function commit(keys, a)
+  local q, P = keys[1], a[1]
+  local identity, at = a[2], a[3]
+  if identity ~= '' then
+    local seen = P .. 'seen:' .. identity
+    local old = redis.call('GET', seen)
+    if old and tonumber(at) - tonumber(old) < tonumber(a[4]) then
+      return {1}
+    end
+    redis.call('SET', seen, at, 'PX', a[5])
+  end
+  local maxlen, guard_ms = a[6], a[7]
+  local out = {0}
+  local i = 9
+  for _ = 1, tonumber(a[8]) do
+    local target, expires, meta, body, guard = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4]
+    i = i + 5
+    local fresh = true
+    if guard ~= '' then
+      fresh = redis.call('SET', P .. 'guard:' .. guard, at, 'PX', guard_ms, 'NX')
+    end
+    if fresh then
+      local id = tostring(redis.call('INCR', P .. 'seq'))
+      local sid = redis.call('XADD', q, '*', 'id', id, 'at', at)
+      redis.call('HSET', P .. 'e:' .. id, 'target', target, 'state', 'pending',
+        'attempts', '0', 'next_at', at, 'created_at', at, 'expires_at', expires,
+        'meta', meta, 'body', body, 'sid', sid)
+      redis.call('ZADD', P .. 'pending', id, id)
+      redis.call('HINCRBY', P .. 'targets', target, 1)
+      out[#out + 1] = id
+    end
+  end
+  for _ = 1, tonumber(a[i]) do
+    redis.call('HSET', P .. 'subs', a[i + 1], a[i + 2])
+    book(P, maxlen, 'k', 'put', 'f', a[i + 1], 'v', a[i + 2])
+    i = i + 2
+  end
+  i = i + 1
+  for _ = 1, tonumber(a[i]) do
+    redis.call('HDEL', P .. 'subs', a[i + 1])
+    book(P, maxlen, 'k', 'end', 'f', a[i + 1])
+    i = i + 1
+  end
+  i = i + 1
+  if a[i] ~= '' then
+    redis.call('HSET', P .. 'pres', a[i], a[i + 1])
+    book(P, maxlen, 'k', 'pres', 'f', a[i], 'v', a[i + 1])
+  end
+  return out
+end
+
+local FIELDS = {'state', 'sid', 'target', 'attempts', 'next_at', 'created_at',
+  'expires_at', 'last_error', 'meta', 'body'}
+
+-- hand out stream messages whose entry is still pending under that message id; ack and
+-- delete the others (completed, failed, dropped, or moved by a requeue)
+local function hand_out(q, P, msgs, out)
+  for _, m in ipairs(msgs) do
+    local sid, fields = m[1], m[2]
+    local id = false
+    if fields then
+      for k = 1, #fields, 2 do
+        if fields[k] == 'id' then id = fields[k + 1] end
+      end
+    end
+    local ok = false
+    if id then
+      local f = redis.call('HMGET', P .. 'e:' .. id, unpack(FIELDS))
+      if f[1] == 'pending' and f[2] == sid then
+        local n = #out
+        out[n + 1] = id
+        out[n + 2] = sid
+        for k = 3, 10 do out[n + k] = f[k] end
+        ok = true
+      end
+    end
+    if not ok then
+      redis.call('XACK', q, 'nodes', sid)
+      redis.call('XDEL', q, sid)
+    end
+  end
+end
+
+-- claim(P, me, 'new', now, count, promote_max)   due retries into the stream, then new
+-- claim(P, me, 'history', cursor, count)          this node's own pending list (restart)
+-- claim(P, me, 'take', min_idle_ms, from, sid...) a dead node's (or own stale) entries
+-- -> {cursor, n_read, 10 fields per entry...}
+local function claim(keys, a)
+  local q, P, me, mode = keys[1], a[1], a[2], a[3]
+  local out = {'', 0}
+  if mode == 'new' then
+    local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', a[4], 'LIMIT', 0, a[6])
+    for _, id in ipairs(due) do
+      redis.call('ZREM', P .. 'due', id)
+      local e = P .. 'e:' .. id
+      local f = redis.call('HMGET', e, 'state', 'next_at')
+      if f[1] == 'pending' then
+        redis.call('HSET', e, 'sid', redis.call('XADD', q, '*', 'id', id, 'at', f[2]))
+      end
+    end
+    local r = redis.call('XREADGROUP', 'GROUP', 'nodes', me, 'COUNT', a[5], 'STREAMS', q, '>')
+    if r then
+      out[2] = #r[1][2]
+      hand_out(q, P, r[1][2], out)
+    end
+  elseif mode == 'history' then
+    local r = redis.call('XREADGROUP', 'GROUP', 'nodes', me, 'COUNT', a[5], 'STREAMS', q, a[4])
+    if r then
+      local msgs = r[1][2]
+      out[2] = #msgs
+      if #msgs > 0 then out[1] = msgs[#msgs][1] end
+      hand_out(q, P, msgs, out)
+    end
+  elseif mode == 'take' then
+    local from = a[5]
+    if from ~= me and redis.call('EXISTS', P .. 'node:' .. from) == 1 then
+      return out
+    end
+    local sids = {}
+    for k = 6, #a do sids[#sids + 1] = a[k] end
+    if #sids > 0 then
+      local msgs = redis.call('XCLAIM', q, 'nodes', me, a[4], unpack(sids))
+      out[2] = #msgs
+      hand_out(q, P, msgs, out)
+      if from ~= me and #msgs > 0 then
+        redis.call('HINCRBY', P .. 'roster:' .. me, 'recovered', #msgs)
+      end
+    end
+  end
+  return out
+end
+
+-- complete(P, id, held_sid)
+local function complete(keys, a)
+  local q, P, id = keys[1], a[1], a[2]
+  release(q, a[3])
+  local e = P .. 'e:' .. id
+  local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+  if not f[1] then return 0 end
+  unqueue(q, P, id, f)
+  redis.call('DEL', e)
+  return 1
+end
+
+-- reschedule(P, id, held_sid, next_at, attempts, error)
+local function reschedule(keys, a)
+  local q, P, id = keys[1], a[1], a[2]
+  release(q, a[3])
+  local e = P .. 'e:' .. id
+  local f = redis.call('HMGET', e, 'state', 'sid')
+  if f[1] ~= 'pending' then return 0 end
+  if f[2] and f[2] ~= a[3] then
+    redis.call('XACK', q, 'nodes', f[2])
+    redis.call('XDEL', q, f[2])
+  end
+  redis.call('HDEL', e, 'sid')
+  redis.call('HSET', e, 'next_at', a[4], 'attempts', a[5], 'last_error', a[6])
+  redis.call('ZADD', P .. 'due', a[4], id)
+  return 1
+end
+
+-- fail(P, id, held_sid, error, now)
+local function fail(keys, a)
+  local q, P, id = keys[1], a[1], a[2]
+  release(q, a[3])
+  local e = P .. 'e:' .. id
+  local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+  if not f[1] then return 0 end
+  unqueue(q, P, id, f)
+  redis.call('HDEL', e, 'sid')
+  redis.call('HSET', e, 'state', 'failed', 'last_error', a[4], 'next_at', a[5])
+  redis.call('ZADD', P .. 'failed', id, id)
+  return 1
+end
+
+-- requeue(P, now, id...): failed or pending entries become pending and due now
+local function requeue(keys, a)
+  local P, now = a[1], a[2]
+  local n = 0
+  for k = 3, #a do
+    local id = a[k]
+    local e = P .. 'e:' .. id
+    local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+    if f[1] == 'failed' then
+      redis.call('ZREM', P .. 'failed', id)
+      redis.call('ZADD', P .. 'pending', id, id)
+      redis.call('HINCRBY', P .. 'targets', f[3], 1)
+      redis.call('HSET', e, 'state', 'pending', 'next_at', now, 'attempts', '0')
+      redis.call('ZADD', P .. 'due', now, id)
+      n = n + 1
+    elseif f[1] == 'pending' then
+      redis.call('HSET', e, 'next_at', now, 'attempts', '0')
+      if not f[2] then redis.call('ZADD', P .. 'due', now, id) end
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- drop(P, id...)
+local function drop(keys, a)
+  local q, P = keys[1], a[1]
+  local n = 0
+  for k = 2, #a do
+    local e = P .. 'e:' .. a[k]
+    local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+    if f[1] then
+      unqueue(q, P, a[k], f)
+      redis.call('DEL', e)
+      n = n + 1
+    end
+  end
+  return n
+end
+
+-- stats(P) -> {pending, failed, scheduled, oldest created_at or '', target, count, ...}
+local function stats(keys, a)
+  local P = a[1]
+  local out = {redis.call('ZCARD', P .. 'pending'), redis.call('ZCARD', P .. 'failed'),
+    redis.call('ZCARD', P .. 'due'), ''}
+  local first = redis.call('ZRANGE', P .. 'pending', 0, 0)
+  if first[1] then
+    out[4] = redis.call('HGET', P .. 'e:' .. first[1], 'created_at') or ''
+  end
+  local targets = redis.call('HGETALL', P .. 'targets')
+  for k = 1, #targets do out[#out + 1] = targets[k] end
+  return out
+end
+
+-- next_due(P) -> the earliest due time of an unclaimed pending entry, or false
+local function next_due(keys, a)
+  local q, P = keys[1], a[1]
+  local best = false
+  local due = redis.call('ZRANGE', P .. 'due', 0, 0, 'WITHSCORES')
+  if due[2] then best = tonumber(due[2]) end
+  if redis.call('EXISTS', q) == 1 then
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do
+      local info = {}
+      for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+      if info['name'] == 'nodes' then
+        local r = redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+        if r[1] then
+          local f = r[1][2]
+          for k = 1, #f, 2 do
+            if f[k] == 'at' then
+              local at = tonumber(f[k + 1])
+              if not best or at < best then best = at end
+            end
+          end
+        end
+      end
+    end
+  end
+  if best then return tostring(best) end
+  return false
+end
+
+-- take_token(P, key, rate, burst, now, ttl_ms) -> '0' or the seconds to wait
+local function take_token(keys, a)
+  local k = a[1] .. 'tb:' .. a[2]
+  local rate, burst, now = tonumber(a[3]), tonumber(a[4]), tonumber(a[5])
+  local f = redis.call('HMGET', k, 'tokens', 'stamp')
+  local tokens, stamp = burst, now
+  if f[1] then tokens, stamp = tonumber(f[1]), tonumber(f[2]) end
+  tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
+  local wait = '0'
+  if tokens >= 1 then
+    tokens = tokens - 1
+  elseif rate > 0 then
+    wait = string.format('%.17g', (1 - tokens) / rate)
+  else
+    wait = 'inf'
+  end
+  redis.call('HSET', k, 'tokens', string.format('%.17g', tokens), 'stamp', a[5])
+  redis.call('PEXPIRE', k, a[6])
+  return wait
+end
+
+-- node(P, mode, name, value, now, ttl_ms): 'join' and 'beat' renew the heartbeat of
+-- node name when nobody else holds it ('force' takes it anyway) and return 'ok', else
+-- the holder's value; 'leave' gives it up
+local function node(keys, a)
+  local P, mode, name, value, now = a[1], a[2], a[3], a[4], a[5]
+  local k = P .. 'node:' .. name
+  local holder = redis.call('GET', k)
+  if mode == 'leave' then
+    if holder == value then redis.call('DEL', k) end
+    redis.call('HSET', P .. 'roster:' .. name, 'stopped_at', now)
+    return 'ok'
+  end
+  if holder and holder ~= value and mode ~= 'force' then return holder end
+  redis.call('SET', k, value, 'PX', a[6])
+  redis.call('SADD', P .. 'roster', name)
+  if mode == 'beat' then
+    redis.call('HSET', P .. 'roster:' .. name, 'node', value, 'beat_at', now)
+  else
+    redis.call('HSET', P .. 'roster:' .. name, 'node', value, 'beat_at', now, 'stopped_at', '')
+  end
+  return 'ok'
+end
+
+-- retire(P, name): remove a dead consumer that holds nothing from the group
+local function retire(keys, a)
+  local q, P, name = keys[1], a[1], a[2]
+  if redis.call('EXISTS', P .. 'node:' .. name) == 1 then return 0 end
+  if redis.call('EXISTS', q) == 0 then return 0 end
+  if #redis.call('XPENDING', q, 'nodes', '-', '+', 1, name) > 0 then return 0 end
+  return redis.call('XGROUP', 'DELCONSUMER', q, 'nodes', name)
+end
+
+local function register(name, fn, flags)
+  redis.register_function{function_name = 'cpimgw_1_' .. name, callback = fn, flags = flags}
+end
+register('commit', commit, {})
+register('claim', claim, {})
+register('complete', complete, {})
+register('reschedule', reschedule, {})
+register('fail', fail, {})
+register('requeue', requeue, {})
+register('drop', drop, {})
+register('stats', stats, {'no-writes'})
+register('next_due', next_due, {'no-writes'})
+register('take_token', take_token, {})
+register('node', node, {})
+register('retire', retire, {})
+"""
+
+_CONNECTION_ERRORS = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    OSError,
+)
+
+
+def unavailable(url: str, exc: BaseException) -> DeliveryError:
+    """The error every caller sees while the shared store cannot be reached."""
+    return DeliveryError(
+        f"the shared store at {url} is unreachable: {exc}",
+        retryable=True,
+        reason=Reason.UNAVAILABLE,
+        hint="check that Redis runs and this node reaches it; send again in a moment",
+        retry_after=5.0,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _num(value: float) -> str:
+    """A float as Redis and Lua read it back exactly."""
+    return repr(float(value))
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the presence change log: ``put``/``end`` a subscription (``field`` is
+    :func:`~gateway.cluster.subscription_field`), or ``pres``: a presentity's last
+    presence (``value`` from :func:`~gateway.cluster.encode_presence`)."""
+
+    id: str
+    kind: str
+    field: str
+    value: bytes = b""
+
+
+@dataclass(slots=True)
+class _Call:
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+    wait: bool = False
+
+
+@dataclass(slots=True)
+class _Pipeline:
+    """Group commit over one connection: calls made while a round trip is in flight go
+    together in the next one (each call still atomic on its own)."""
+
+    client: Redis
+    url: str
+    reload: Callable[[], Any]
+    replicas: int = 0
+    replica_timeout: float = 1.0
+    limit: int = 512
+    queue: list[_Call] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    round_trips: int = 0
+    calls: int = 0
+
+    def call(self, *args: Any, wait: bool = False) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append(_Call(args, future, wait))
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._drain(), name="cpimgw-store:redis")
+        return future
+
+    async def flush(self) -> None:
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
+
+    async def _drain(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue[: self.limit], self.queue[self.limit :]
+            try:
+                await self._send(batch, retry=True)
+            except Exception as exc:  # noqa: BLE001 - every caller gets it
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _send(self, batch: list[_Call], *, retry: bool) -> None:
+        waits = self.replicas > 0 and any(c.wait for c in batch)
+        pipe = self.client.pipeline(transaction=False)
+        for item in batch:
+            pipe.execute_command(*item.args)
+        if waits:
+            pipe.execute_command("WAIT", self.replicas, int(self.replica_timeout * 1000))
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except _CONNECTION_ERRORS as exc:
+            raise unavailable(self.url, exc) from exc
+        finally:
+            await pipe.reset()  # type: ignore[no-untyped-call]
+        self.round_trips += 1
+        self.calls += len(batch)
+        short = None
+        if waits:
+            acked = results.pop()
+            if isinstance(acked, int) and acked < self.replicas:
+                short = DeliveryError(
+                    f"only {acked} of {self.replicas} Redis replicas confirmed the write"
+                    f" within {self.replica_timeout:g}s",
+                    retryable=True,
+                    reason=Reason.UNAVAILABLE,
+                    hint="check the replicas; the sender's retry is deduplicated",
+                    retry_after=1.0,
+                )
+        missing = []
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, redis_errors.ResponseError) and "not found" in str(result):
+                missing.append(item)
+            elif isinstance(result, _CONNECTION_ERRORS):
+                item.future.set_exception(unavailable(self.url, result))
+            elif isinstance(result, Exception):
+                item.future.set_exception(
+                    GatewayError(
+                        f"the shared store refused {_text(item.args[1])}: {result}",
+                        reason=Reason.INTERNAL,
+                        hint="check the Redis version (>= 7.0) and its log",
+                    )
+                )
+            elif short is not None and item.wait:
+                item.future.set_exception(short)
+            else:
+                item.future.set_result(result)
+        if missing:
+            if not retry:
+                raise GatewayError(
+                    "the cpimgw functions are missing from Redis after loading them",
+                    reason=Reason.INTERNAL,
+                    hint="check that Redis allows FUNCTION LOAD (ACL) and has memory",
+                )
+            await self.reload()  # Redis restarted without its AOF, or FUNCTION FLUSH
+            await self._send(missing, retry=False)
+
+
+class RedisStore:
+    """The :class:`~gateway.store.Store` protocol on a shared Redis (several nodes).
+
+    ``node`` names this node (see :func:`gateway.cluster.node_name`); ``serve=False``
+    opens the store for the operator's commands: no heartbeat, no claims.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "cpimgw",
+        node: str | None = None,
+        timing: Timing | None = None,
+        dedup_window: float = 3600.0,
+        id_ttl: float = 7 * 86400.0,
+        resubscribe_guard: float = 300.0,
+        change_log: int = 100_000,
+        replicas: int = 0,
+        replica_timeout: float = 1.0,
+        promote_batch: int = 1000,
+        serve: bool = True,
+        client: Redis | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not namespace or any(c in namespace for c in "{}: \t\r\n"):
+            raise GatewayError(
+                f"the store namespace {namespace!r} is not usable",
+                reason=Reason.INTERNAL,
+                hint="use letters, digits, '-' or '_' ([store] namespace)",
+            )
+        self.url = url
+        self.namespace = namespace
+        self.name = node_name(node)
+        self.timing = timing or Timing()
+        self.dedup_window = dedup_window
+        self.id_ttl = id_ttl
+        self.resubscribe_guard = resubscribe_guard
+        self.change_log = change_log
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
+        self.promote_batch = promote_batch
+        self.serve = serve
+        self.clock = clock
+        self.prefix = f"{{{namespace}}}:"
+        self.queue_key = self.prefix + "q"
+        self.client: Redis = client or Redis.from_url(
+            url,
+            retry=Retry(NoBackoff(), 0),  # a blind resend could run a commit twice
+            socket_timeout=10.0,
+            socket_connect_timeout=5.0,
+            client_name=f"cpimgw:{self.name}",
+        )
+        self.node: Node | None = None
+        self.recovered = 0
+        self._pipe = _Pipeline(
+            self.client, url, self._load, replicas=replicas, replica_timeout=replica_timeout
+        )
+        self._held: dict[str, str] = {}
+        self._history: str | None = None
+        self._last_recover = -math.inf
+        self._beat_task: asyncio.Task[None] | None = None
+        self._open = False
+        self._warned = 0.0
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @property
+    def round_trips(self) -> int:
+        """Pipelines sent so far (group commit: fewer than calls)."""
+        return self._pipe.round_trips
+
+    @property
+    def calls(self) -> int:
+        return self._pipe.calls
+
+    @property
+    def held(self) -> int:
+        """Entries this node claimed and has not finished."""
+        return len(self._held)
+
+    def _fn(self, name: str, *args: Any, wait: bool = False) -> asyncio.Future[Any]:
+        return self._pipe.call(
+            "FCALL", f"{LIBRARY}_{name}", 1, self.queue_key, self.prefix, *args, wait=wait
+        )
+
+    async def _direct(self, *args: Any) -> Any:
+        try:
+            return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+        except _CONNECTION_ERRORS as exc:
+            raise unavailable(self.url, exc) from exc
+
+    async def _load(self) -> None:
+        await self._direct("FUNCTION", "LOAD", "REPLACE", _LIBRARY_CODE)
+
+    def _warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._warned >= 10.0:
+            self._warned = now
+            log.warning("shared store unavailable; trying again: %s", exc)
+
+    async def open(self) -> None:
+        if self._open:
+            return
+        try:
+            await self._direct("PING")
+        except DeliveryError as exc:
+            raise GatewayError(
+                f"cannot reach the shared store at {self.url}: {exc.__cause__}",
+                reason=Reason.INTERNAL,
+                hint="start Redis (>= 7.0) or fix [store] url",
+            ) from exc
+        info = await self._direct("INFO", "server")
+        version = _text(info.get("redis_version", "0") if isinstance(info, dict) else "0")
+        if int(version.split(".")[0]) < 7:
+            raise GatewayError(
+                f"the shared store at {self.url} runs Redis {version}; cpimgw needs 7.0 or later",
+                reason=Reason.INTERNAL,
+                hint="upgrade Redis, or use Valkey 7.2+",
+            )
+        await self._load()
+        with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists
+            await self._direct("XGROUP", "CREATE", self.queue_key, GROUP, "0", "MKSTREAM")
+        if self.serve:
+            await self._join()
+            self._history = "0"
+            self._beat_task = asyncio.create_task(self._beat(), name="cpimgw-store:heartbeat")
+        self._open = True
+
+    async def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat_task
+            self._beat_task = None
+        await self._pipe.flush()
+        if self.serve and self.node is not None:
+            # the others take what this node still holds once it has been idle long enough
+            with contextlib.suppress(GatewayError):
+                await self._fn("node", "leave", self.name, self.node.encode(), _num(self.clock()))
+        await self._pipe.flush()
+        await self.client.aclose()
+
+    # -- node membership ------------------------------------------------------------
+
+    async def _join(self) -> None:
+        me = Node.here(self.name, now=self.clock())
+        ttl_ms = str(int(self.timing.ttl * 1000))
+        deadline = time.monotonic() + self.timing.ttl + 2 * self.timing.heartbeat
+        while True:
+            answer = _text(await self._fn("node", "join", self.name, me.encode(), "0", ttl_ms))
+            if answer == "ok":
+                break
+            holder = Node.decode(answer)
+            running = holder is not None and holder.host == me.host and _running(holder.pid)
+            if may_take_over(holder, me, holder_running=running):
+                log.info("taking over the name of a stopped node", extra={"node": self.name})
+                await self._fn("node", "force", self.name, me.encode(), "0", ttl_ms)
+                break
+            if time.monotonic() > deadline:
+                where = f" (pid {holder.pid} on {holder.host})" if holder else ""
+                raise GatewayError(
+                    f"the node name {self.name!r} is in use by another running gateway{where}",
+                    reason=Reason.INTERNAL,
+                    hint="give every node its own [cluster] node name",
+                )
+            await asyncio.sleep(self.timing.heartbeat / 2)
+        self.node = me
+        await self._fn("node", "beat", self.name, me.encode(), _num(self.clock()), ttl_ms)
+
+    async def _beat(self) -> None:
+        assert self.node is not None
+        ttl_ms = str(int(self.timing.ttl * 1000))
+        value = self.node.encode()
+        while True:
+            await asyncio.sleep(self.timing.heartbeat)
+            try:
+                answer = _text(
+                    await self._fn("node", "beat", self.name, value, _num(self.clock()), ttl_ms)
+                )
+            except GatewayError as exc:
+                self._warn(exc)
+                continue
+            if answer != "ok":
+                log.error(
+                    "another process took this node's name; this node stops claiming work",
+                    extra={"node": self.name, "holder": answer},
+                )
+                return
+
+    # -- the queue ------------------------------------------------------------------
+
+    def _guard(self, target: str, envelope: Envelope) -> str:
+        """Re-subscriptions after a start go out once per cluster, not once per node."""
+        if envelope.origin.peer == "cpimgw" and envelope.attributes.get(REFRESH) == "restart":
+            return f"resub:{target}\x00{envelope.sender}\x00{envelope.recipient}"
+        return ""
+
+    async def commit(self, batch: Commit) -> Accepted:
+        args: list[Any] = [
+            batch.identity,
+            _num(batch.at),
+            _num(self.dedup_window),
+            str(max(1, math.ceil(self.dedup_window * 1000))),
+            str(self.change_log),
+            str(max(1, math.ceil(self.resubscribe_guard * 1000))),
+            str(len(batch.entries)),
+        ]
+        for out in batch.entries:
+            meta, body = encode_envelope(out.envelope)
+            args += [
+                out.target,
+                _num(out.expires_at),
+                meta,
+                body or b"",
+                self._guard(out.target, out.envelope),
+            ]
+        args.append(str(len(batch.subscriptions)))
+        for sub in batch.subscriptions:
+            args += [subscription_field(sub.watcher, sub.presentity), encode_subscription(sub)]
+        args.append(str(len(batch.ended)))
+        args += [subscription_field(w, p) for w, p in batch.ended]
+        if batch.presence is not None:
+            args += [batch.presence.presentity, encode_presence(batch.presence)]
+        else:
+            args += ["", ""]
+        result = await self._fn("commit", *args, wait=True)
+        if int(result[0]) == 1:
+            return Accepted(duplicate=True)
+        return Accepted(duplicate=False, ids=tuple(_text(i) for i in result[1:]))
+
+    def _handed(self, result: Sequence[Any]) -> list[Entry]:
+        out = []
+        for i in range(2, len(result), 10):
+            entry_id, sid, target, attempts, next_at, created, expires, error, meta, body = result[
+                i : i + 10
+            ]
+            entry_id = _text(entry_id)
+            self._held[entry_id] = _text(sid)
+            out.append(
+                Entry(
+                    id=entry_id,
+                    target=_text(target),
+                    envelope=decode_envelope(_text(meta), body),
+                    state=EntryState.PENDING,
+                    attempts=int(attempts),
+                    next_at=float(next_at),
+                    created_at=float(created),
+                    expires_at=float(expires),
+                    last_error=None if error is None else _text(error),
+                )
+            )
+        return out
+
+    async def claim(self, now: float, limit: int) -> list[Entry]:
+        if not self.serve:
+            raise GatewayError("this store was opened for inspection only", reason=Reason.INTERNAL)
+        out: list[Entry] = []
+        try:
+            if self._history is not None:
+                result = await self._fn("claim", self.name, "history", self._history, str(limit))
+                self._history = _text(result[0]) or None
+                if int(result[1]) < limit:
+                    self._history = None  # own pending list read to its end
+                out += self._handed(result)
+            if len(out) < limit and now - self._last_recover >= self.timing.recover_interval:
+                self._last_recover = now
+                out += await self._recover(limit - len(out))
+            if len(out) < limit:
+                result = await self._fn(
+                    "claim",
+                    self.name,
+                    "new",
+                    _num(now),
+                    str(limit - len(out)),
+                    str(self.promote_batch),
+                )
+                out += self._handed(result)
+        except GatewayError as exc:
+            self._warn(exc)  # nothing more to hand out now; what was read is returned
+        return out
+
+    async def _recover(self, limit: int) -> list[Entry]:
+        """Take the pending entries of dead nodes, and this node's own entries that no
+        task holds any more (a finish that failed on a lost connection)."""
+        consumers = await self.consumers()
+        alive = await self.alive([c.name for c in consumers])
+        idle_ms = int(self.timing.claim_idle * 1000)
+        out: list[Entry] = []
+        for consumer in orphaned(consumers, alive, self.name):
+            if len(out) >= limit:
+                break
+            sids = await self._stale(consumer.name, idle_ms, limit - len(out))
+            if sids:
+                taken = self._handed(
+                    await self._fn("claim", self.name, "take", str(idle_ms), consumer.name, *sids)
+                )
+                if taken:
+                    log.warning(
+                        "took over entries of a dead node",
+                        extra={"node": self.name, "from": consumer.name, "count": len(taken)},
+                    )
+                self.recovered += len(taken)
+                out += taken
+        for name in retired(consumers, alive, self.name):
+            await self._fn("retire", name)
+        if len(out) < limit:
+            held = set(self._held.values())
+            sids = [s for s in await self._stale(self.name, idle_ms, limit) if s not in held]
+            if sids:
+                out += self._handed(
+                    await self._fn("claim", self.name, "take", str(idle_ms), self.name, *sids)
+                )
+        return out
+
+    async def _stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:
+        try:
+            rows = await self.client.xpending_range(
+                self.queue_key, GROUP, "-", "+", count, consumername=consumer, idle=idle_ms
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise unavailable(self.url, exc) from exc
+        return [_text(row["message_id"]) for row in rows or ()]
+
+    async def consumers(self) -> list[Consumer]:
+        """The consumer group's members (one per node name that ever claimed work)."""
+        try:
+            rows = await self._direct("XINFO", "CONSUMERS", self.queue_key, GROUP)
+        except redis_errors.ResponseError:
+            return []  # no stream or group yet
+        return [
+            Consumer(_text(row[b"name"]), int(row[b"pending"]), int(row[b"idle"])) for row in rows
+        ]
+
+    async def alive(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` have a live heartbeat."""
+        if not names:
+            return set()
+        values = await self._direct("MGET", *(self.prefix + "node:" + n for n in names))
+        return {n for n, v in zip(names, values, strict=True) if v is not None}
+
+    async def next_due(self) -> float | None:
+        try:
+            found = await self._fn("next_due")
+        except GatewayError as exc:
+            self._warn(exc)
+            return None
+        return None if found is None else float(found)
+
+    async def complete(self, entry_id: str) -> None:
+        await self._fn("complete", entry_id, self._held.pop(entry_id, ""))
+
+    async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
+        await self._fn(
+            "reschedule",
+            entry_id,
+            self._held.pop(entry_id, ""),
+            _num(next_at),
+            str(attempts),
+            error,
+        )
+
+    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
+        await self._fn("fail", entry_id, self._held.pop(entry_id, ""), error, _num(now))
+
+    async def _ids(self, state: EntryState, limit: int) -> list[int]:
+        key = self.prefix + ("pending" if state is EntryState.PENDING else "failed")
+        return [int(i) for i in await self._direct("ZRANGE", key, 0, limit - 1)]
+
+    async def entries(self, state: EntryState | None = None, limit: int = 100) -> list[Entry]:
+        states = [state] if state is not None else [EntryState.PENDING, EntryState.FAILED]
+        ids: list[int] = []
+        for one in states:
+            ids += await self._ids(one, limit)
+        ids = sorted(ids)[:limit]
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.execute_command("HGETALL", f"{self.prefix}e:{entry_id}")
+        try:
+            rows = await pipe.execute()
+        except _CONNECTION_ERRORS as exc:
+            raise unavailable(self.url, exc) from exc
+        out = []
+        for entry_id, row in zip(ids, rows, strict=True):
+            if not row:
+                continue  # finished between the two reads
+            f = {_text(k): v for k, v in row.items()}
+            out.append(
+                Entry(
+                    id=str(entry_id),
+                    target=_text(f["target"]),
+                    envelope=decode_envelope(_text(f["meta"]), f.get("body")),
+                    state=EntryState(_text(f["state"])),
+                    attempts=int(f["attempts"]),
+                    next_at=float(f["next_at"]),
+                    created_at=float(f["created_at"]),
+                    expires_at=float(f["expires_at"]),
+                    last_error=_text(f["last_error"]) if "last_error" in f else None,
+                )
+            )
+        return out
+
+    async def _all_ids(self, state: EntryState) -> list[str]:
+        key = self.prefix + ("pending" if state is EntryState.PENDING else "failed")
+        return [_text(i) for i in await self._direct("ZRANGE", key, 0, -1)]
+
+    async def requeue(self, ids: Sequence[str] | None, *, now: float) -> int:
+        chosen = list(ids) if ids is not None else await self._all_ids(EntryState.FAILED)
+        total = 0
+        for start in range(0, len(chosen), 500):
+            total += int(await self._fn("requeue", _num(now), *chosen[start : start + 500]))
+        return total
+
+    async def drop(self, ids: Sequence[str] | None, *, state: EntryState | None = None) -> int:
+        if ids is not None:
+            chosen = list(ids)
+        else:
+            states = [state] if state is not None else [EntryState.PENDING, EntryState.FAILED]
+            chosen = []
+            for one in states:
+                chosen += await self._all_ids(one)
+        total = 0
+        for start in range(0, len(chosen), 500):
+            total += int(await self._fn("drop", *chosen[start : start + 500]))
+        for entry_id in chosen:
+            self._held.pop(entry_id, None)
+        return total
+
+    async def stats(self, now: float) -> QueueStats:
+        result = await self._fn("stats")
+        pending, failed = int(result[0]), int(result[1])
+        oldest = float(result[3]) if result[3] not in (None, b"", "") else now
+        by_target = {
+            _text(result[i]): int(result[i + 1])
+            for i in range(4, len(result), 2)
+            if int(result[i + 1]) > 0
+        }
+        return QueueStats(pending, failed, max(0.0, now - oldest), by_target)
+
+    async def scheduled(self) -> int:
+        """Entries waiting for a retry (not yet back in the stream)."""
+        return int(await self._direct("ZCARD", self.prefix + "due"))
+
+    async def unclaimed(self) -> int:
+        """Entries in the stream no node has read yet (the group's lag)."""
+        try:
+            groups = await self._direct("XINFO", "GROUPS", self.queue_key)
+        except redis_errors.ResponseError:
+            return 0
+        for row in groups:
+            if _text(row[b"name"]) == GROUP:
+                lag = row.get(b"lag")
+                return int(lag) if lag is not None else 0
+        return 0
+
+    async def roster(self) -> dict[str, dict[str, Any]]:
+        """What each node last wrote about itself (node, beat_at, recovered, stopped_at)."""
+        names = sorted(_text(n) for n in await self._direct("SMEMBERS", self.prefix + "roster"))
+        out = {}
+        for name in names:
+            row = await self._direct("HGETALL", f"{self.prefix}roster:{name}")
+            out[name] = {_text(k): _text(v) for k, v in row.items()}
+        return out
+
+    # -- presence, ids, buckets -------------------------------------------------------
+
+    async def _scan(self, key: str) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        cursor: Any = 0
+        while True:
+            cursor, chunk = await self._direct("HSCAN", key, cursor, "COUNT", 1000)
+            out += list(chunk.items())
+            if int(cursor) == 0:
+                return out
+
+    async def subscriptions(self) -> list[Subscription]:
+        rows = await self._scan(self.prefix + "subs")
+        subs = [decode_subscription(k.decode(), v.decode()) for k, v in rows]
+        return sorted(subs, key=lambda s: (s.presentity, s.watcher))
+
+    async def presences(self) -> list[LastPresence]:
+        rows = await self._scan(self.prefix + "pres")
+        return sorted((decode_presence(k.decode(), v) for k, v in rows), key=lambda p: p.presentity)
+
+    async def change_position(self) -> str:
+        """The id of the latest presence change (``0-0``: none yet)."""
+        last = await self._direct("XREVRANGE", self.prefix + "book", "+", "-", "COUNT", 1)
+        return _text(last[0][0]) if last else "0-0"
+
+    async def changes(
+        self, position: str, *, count: int = 1000, block: float = 1.0
+    ) -> tuple[list[Change], str, bool]:
+        """Presence changes after ``position`` (waiting up to ``block`` seconds for the
+        first), the new position, and whether changes were trimmed from the log before
+        they were read (then the caller compares the whole book instead)."""
+        key = self.prefix + "book"
+        reply = await self._direct(
+            "XREAD", "COUNT", count, "BLOCK", max(1, int(block * 1000)), "STREAMS", key, position
+        )
+        if not reply:
+            return [], position, False
+        rows = reply[0][1]
+        info = await self._direct("XINFO", "STREAM", key)
+        deleted = _text(info.get(b"max-deleted-entry-id", b"0-0"))
+        trimmed = _stream_id(deleted) > _stream_id(position)
+        out = [
+            Change(_text(sid), _text(f[b"k"]), _text(f[b"f"]), f.get(b"v", b"")) for sid, f in rows
+        ]
+        return out, _text(rows[-1][0]), trimmed
+
+    async def map_id(self, namespace: str, key: str, value: str, *, now: float) -> None:
+        ttl = str(max(1, math.ceil(self.id_ttl * 1000)))
+        await self._pipe.call("SET", f"{self.prefix}id:{namespace}\x00{key}", value, "PX", ttl)
+
+    async def lookup_id(self, namespace: str, key: str) -> str | None:
+        found = await self._pipe.call("GET", f"{self.prefix}id:{namespace}\x00{key}")
+        return None if found is None else _text(found)
+
+    async def take_token(self, key: str, *, rate: float, burst: float, now: float) -> float:
+        """One bucket for the whole cluster: every node takes from the same hash."""
+        refill = burst / rate if rate > 0 else 86400.0
+        ttl = str(max(1000, math.ceil((refill + 1.0) * 1000)))
+        wait = _text(
+            await self._pipe.call(
+                "FCALL",
+                f"{LIBRARY}_take_token",
+                1,
+                self.queue_key,
+                self.prefix,
+                key,
+                _num(rate),
+                _num(burst),
+                _num(now),
+                ttl,
+            )
+        )
+        return float(wait)
+
+    async def maintain(self, now: float) -> None:
+        """Dedup marks, id mappings and buckets expire by themselves (TTL); what is left
+        is removing dead nodes that hold nothing from the consumer group."""
+        if not self.serve:
+            return
+        consumers = await self.consumers()
+        alive = await self.alive([c.name for c in consumers])
+        for name in retired(consumers, alive, self.name):
+            await self._fn("retire", name)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["GROUP", "LIBRARY", "Change", "RedisStore", "unavailable"]
