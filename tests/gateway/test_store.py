@@ -16,17 +16,23 @@ from canonical.envelope import PIDF, Payload
 from gateway.presence import LastPresence, Subscription, SubscriptionState
 from gateway.store import Commit, EntryState, Outbound, Store
 from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SqliteStore, decode_envelope, encode_envelope
 from tests.gateway.samples import message
+from tests.servers.redis import redis_namespace, redis_server  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.e2e)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    made: Store = (
-        MemoryStore(dedup_window=100.0)
-        if request.param == "memory"
-        else SqliteStore(tmp_path / "q.sqlite3", dedup_window=100.0, synchronous="normal")
-    )
+    made: Store
+    if request.param == "redis":  # a real redis-server (tests/servers/redis.py)
+        server = request.getfixturevalue("redis_server")
+        namespace = request.getfixturevalue("redis_namespace")
+        made = RedisStore(server.url, namespace=namespace, node="suite", dedup_window=100.0)
+    elif request.param == "memory":
+        made = MemoryStore(dedup_window=100.0)
+    else:
+        made = SqliteStore(tmp_path / "q.sqlite3", dedup_window=100.0, synchronous="normal")
     await made.open()
     yield made
     await made.close()
