@@ -13,6 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from adapters.contract import AdapterContext
@@ -115,7 +116,7 @@ async def serve(config: Config) -> int:
             await health.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-    log.info("stopped", extra=dict(vars(gateway.counters)))
+    log.info("stopped", extra=asdict(gateway.counters))
     return 0
 
 
