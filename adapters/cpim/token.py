@@ -28,13 +28,17 @@ from canonical.errors import ConfigError, ParseError
 Kind = Literal["client", "peer"]
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: An INSTANT INBOX and a PRESENTITY of one user share the address (RFC 3860 App. A,
+#: RFC 3859 App. A): ``im:`` and ``pres:`` patterns match both.
+_SAME = {"pres": "im"}
 
 
 @dataclass(frozen=True, slots=True)
 class AddressPattern:
     """``[scheme:]user@domain-glob``; ``*`` as the user (or no ``user@``) means any user,
     the domain glob is ``example.com``, ``*.example.com`` or ``*``
-    (:func:`canonical.address.domain_matches`). Without a scheme any scheme matches."""
+    (:func:`canonical.address.domain_matches`). Without a scheme any scheme matches;
+    ``im:`` and ``pres:`` match each other."""
 
     scheme: str | None
     user: str | None
@@ -66,7 +70,9 @@ class AddressPattern:
             parsed = Address.parse(address)
         except (ParseError, TypeError):
             return False
-        if self.scheme is not None and parsed.scheme != self.scheme:
+        if self.scheme is not None and _SAME.get(parsed.scheme, parsed.scheme) != _SAME.get(
+            self.scheme, self.scheme
+        ):
             return False
         if self.user is not None and parsed.user != self.user:
             return False

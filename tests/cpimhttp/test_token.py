@@ -63,6 +63,8 @@ def test_only_digests_are_kept_at_rest() -> None:
     [
         ("im:bot@bots.test", "im:bot@bots.test", True),
         ("im:bot@bots.test", "xmpp:bot@bots.test", False),
+        ("im:bot@bots.test", "pres:bot@bots.test", True),
+        ("pres:bot@bots.test", "im:bot@bots.test", True),
         ("bot@bots.test", "xmpp:bot@bots.test/res", True),
         ("*@bots.test", "sip:anyone@bots.test", True),
         ("*@bots.test", "sip:anyone@evil.test", False),
