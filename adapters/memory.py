@@ -177,8 +177,9 @@ class MemoryAdapter(Adapter):
         """A user of this network sends ``envelope`` in (origin set to this adapter)."""
         await self.started()
         assert self._deliver is not None
-        origin = replace(envelope.origin, adapter=self.name)
-        return await self._deliver(envelope.replace(origin=origin))
+        if envelope.origin.adapter != self.name:
+            envelope = envelope.replace(origin=replace(envelope.origin, adapter=self.name))
+        return await self._deliver(envelope)
 
     # -- outbound -------------------------------------------------------------------
 

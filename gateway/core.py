@@ -265,10 +265,13 @@ class Gateway:
     async def accept(self, adapter: str, envelope: Envelope) -> Receipt:
         """Check, route and store one inbound envelope; see the module docstring."""
         now = self.clock()
+        fixes: dict[str, object] = {}
         if envelope.origin.adapter != adapter:
-            envelope = envelope.replace(origin=replace(envelope.origin, adapter=adapter))
+            fixes["origin"] = replace(envelope.origin, adapter=adapter)
         if not envelope.received_at:
-            envelope = envelope.replace(received_at=now)
+            fixes["received_at"] = now
+        if fixes:
+            envelope = envelope.replace(**fixes)
         try:
             if self._closing:
                 raise DeliveryError(
@@ -482,6 +485,7 @@ class Gateway:
                 await self.store.reschedule(
                     entry.id, next_at=next_at, attempts=attempts, error=str(error)
                 )
+                self._wake.set()  # the dispatcher may be sleeping past the new due time
                 self.counters.retried += 1
                 self.metrics.retries.labels(entry.target, error.reason.value).inc()
                 self.outcomes.outcome(

@@ -19,6 +19,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from canonical.envelope import Envelope, Operation
@@ -57,6 +58,7 @@ class AddressParts:
         return f"{self.scheme}:{user}{self.host}{self.rest}"
 
 
+@lru_cache(maxsize=65536)
 def split_address(address: str) -> AddressParts:
     """Split a URI (``im:``, ``pres:``, ``sip:``, ``sips:``, ``xmpp:``, ...) or a bare JID.
 
@@ -95,6 +97,7 @@ def split_address(address: str) -> AddressParts:
     return AddressParts(scheme=scheme, user=user or None, host=host, rest=hostpart[end:])
 
 
+@lru_cache(maxsize=65536)
 def bare(address: str) -> str:
     """``scheme:user@domain`` of an address (see :class:`AddressParts`)."""
     return split_address(address).bare

@@ -23,16 +23,18 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import logging
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from canonical.envelope import Envelope, Payload, from_record, to_record
-from canonical.errors import GatewayError, Reason
+from canonical.envelope import Envelope, Operation, Origin, Payload
+from canonical.errors import GatewayError, Loss, Reason
 from gateway.presence import LastPresence, Subscription, SubscriptionState
 from gateway.security import Buckets
 from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
@@ -97,25 +99,75 @@ _ENTRY_COLUMNS = (
 )
 
 
+#: Version tag of the stored envelope encoding (first element of the JSON array).
+ENCODING = 1
+
+
 def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
-    """The envelope as (JSON without the payload body, body bytes): no base64 on disk."""
-    record = to_record(envelope)
-    body: bytes | None = None
-    if envelope.payload is not None:
-        body = envelope.payload.body
-        record["payload"]["body"] = ""
-    return json.dumps(record, separators=(",", ":")), body
+    """The envelope as (a compact JSON array without the payload body, the body bytes):
+    no base64 on disk, and no dict keys repeated in every row."""
+    payload = envelope.payload
+    origin = envelope.origin
+    meta = [
+        ENCODING,
+        envelope.operation.value,
+        envelope.sender,
+        envelope.recipient,
+        None if payload is None else payload.content_type,
+        envelope.identity,
+        [origin.adapter, origin.peer, origin.native_id, origin.reply_to, dict(origin.context)],
+        envelope.max_forwards,
+        list(envelope.trace),
+        envelope.received_at,
+        envelope.duration,
+        envelope.granted,
+        [[loss.field, loss.detail] for loss in envelope.losses],
+        dict(envelope.attributes),
+    ]
+    return json.dumps(meta, separators=(",", ":")), None if payload is None else payload.body
 
 
 def decode_envelope(meta: str, body: bytes | None) -> Envelope:
     """Reverse :func:`encode_envelope`."""
-    record = json.loads(meta)
-    envelope = from_record(record)
-    if envelope.payload is not None:
-        envelope = envelope.replace(
-            payload=Payload(envelope.payload.content_type, bytes(body or b""))
+    data = json.loads(meta)
+    if not isinstance(data, list) or data[0] != ENCODING:
+        raise GatewayError(
+            "a queue entry has an encoding this cpimgw does not read",
+            reason=Reason.INTERNAL,
+            hint="run the cpimgw version that wrote the store",
         )
-    return envelope
+    (
+        _,
+        op,
+        sender,
+        recipient,
+        ctype,
+        identity,
+        origin,
+        hops,
+        trace,
+        at,
+        dur,
+        granted,
+        losses,
+        attrs,
+    ) = data
+    adapter, peer, native_id, reply_to, context = origin
+    return Envelope(
+        operation=Operation(op),
+        sender=sender,
+        recipient=recipient,
+        payload=None if ctype is None else Payload(ctype, bytes(body or b"")),
+        identity=identity,
+        origin=Origin(adapter, peer, native_id, reply_to, context),
+        max_forwards=int(hops),
+        trace=tuple(trace),
+        received_at=float(at),
+        duration=dur,
+        granted=granted,
+        losses=tuple(Loss(f, d) for f, d in losses),
+        attributes=attrs,
+    )
 
 
 def _entry(row: Sequence[Any]) -> Entry:
@@ -210,24 +262,21 @@ class _Writer(threading.Thread):
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        results: list[tuple[_Op, Any, BaseException | None]] = []
+        """One transaction for the whole batch. If an operation fails, the batch is rolled
+        back and every operation runs again in a transaction of its own, so one failing
+        operation fails alone (the rare path; the common one has no per-operation cost)."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            results = self._transaction(conn, batch)
+        except _OperationError:
+            results = []
             for op in batch:
-                conn.execute("SAVEPOINT op")
                 try:
-                    value = op.fn(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
+                    results += self._transaction(conn, [op])
+                except _OperationError as failed:
+                    results.append((op, None, failed.error))
+                except Exception as exc:  # noqa: BLE001 - the commit itself failed
                     results.append((op, None, exc))
-                else:
-                    conn.execute("RELEASE op")
-                    results.append((op, value, None))
-            conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - the whole batch failed to commit
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+        except Exception as exc:  # noqa: BLE001 - the commit itself failed: all fail
             results = [(op, None, exc) for op in batch]
         self.batches += 1
         self.operations += len(batch)
@@ -235,6 +284,39 @@ class _Writer(threading.Thread):
             self.loop.call_soon_threadsafe(_settle, results)
         except RuntimeError:  # the loop is closed: nobody waits any more
             return
+
+    @staticmethod
+    def _transaction(
+        conn: sqlite3.Connection, batch: list[_Op]
+    ) -> list[tuple[_Op, Any, BaseException | None]]:
+        results: list[tuple[_Op, Any, BaseException | None]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for op in batch:
+                try:
+                    results.append((op, op.fn(conn), None))
+                except Exception as exc:
+                    raise _OperationError(exc) from exc
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+
+class _OperationError(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logging.getLogger("cpimgw.store").error(
+            "a store write failed; the entries concerned will be sent again",
+            exc_info=future.exception(),
+        )
 
 
 def _settle(results: list[tuple[_Op, Any, BaseException | None]]) -> None:
@@ -278,6 +360,8 @@ class SqliteStore:
         self._claimed: set[str] = set()
         self._buckets = Buckets()
         self._last_scan = 0.0
+        self._completed: deque[int] = deque()  # appended on the loop, drained by the writer
+        self._flush_queued = False
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -348,15 +432,15 @@ class SqliteStore:
 
         def write(conn: sqlite3.Connection) -> tuple[Accepted, list[Entry]]:
             if batch.identity:
-                row = conn.execute(
-                    "SELECT at FROM seen WHERE identity = ?", (batch.identity,)
-                ).fetchone()
-                if row is not None and batch.at - float(row[0]) < window:
-                    return Accepted(duplicate=True), []
-                conn.execute(
-                    "INSERT OR REPLACE INTO seen (identity, at) VALUES (?, ?)",
-                    (batch.identity, batch.at),
+                # One statement: a new identity is inserted, one seen before the window
+                # is refreshed, one seen within the window changes nothing (a duplicate).
+                cur = conn.execute(
+                    "INSERT INTO seen (identity, at) VALUES (?, ?) ON CONFLICT (identity)"
+                    " DO UPDATE SET at = excluded.at WHERE seen.at <= ?",
+                    (batch.identity, batch.at, batch.at - window),
                 )
+                if cur.rowcount == 0:
+                    return Accepted(duplicate=True), []
             made: list[Entry] = []
             for out, meta, body in encoded:
                 cur = conn.execute(
@@ -492,8 +576,29 @@ class SqliteStore:
         return None
 
     async def complete(self, entry_id: str) -> None:
+        """Delivered: the row is deleted with the next commit, without waiting for it.
+
+        A completion lost in a crash only means the entry is sent again, with the same
+        identity (at-least-once); waiting for it would cost a round trip per message.
+        """
         self._claimed.discard(entry_id)
-        await self._submit(lambda c: c.execute("DELETE FROM queue WHERE id = ?", (int(entry_id),)))
+        self._completed.append(int(entry_id))
+        if not self._flush_queued:
+            self._flush_queued = True
+            future = self._submit(self._delete_completed)
+            future.add_done_callback(_log_failure)
+
+    def _delete_completed(self, conn: sqlite3.Connection) -> int:
+        """Writer thread: delete every completed entry queued so far."""
+        self._flush_queued = False  # before draining: a later append queues a new flush
+        ids: list[tuple[int]] = []
+        while True:
+            try:
+                ids.append((self._completed.popleft(),))
+            except IndexError:
+                break
+        conn.executemany("DELETE FROM queue WHERE id = ?", ids)
+        return len(ids)
 
     async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
         def write(conn: sqlite3.Connection) -> Entry | None:
