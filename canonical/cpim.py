@@ -193,6 +193,7 @@ _PARAMS = rf'(?:;[{_NC}]+=(?:[{_TC}]+|"{_STR_BODY}"))*'
 _HEAD = re.compile(rf"((?:([{_NC}]+)\.)?([{_NC}]+)):((?:;[{_NC}]+=[{_TC}]+)*)")
 # Bytes that may not appear raw in a header line (CTL, RFC 2234), CR LF included.
 _CTL_BYTES: Final = bytes(range(0x20)) + b"\x7f"
+_CTL_NO_TAB: Final = _CTL_BYTES.replace(b"\t", b"")
 _NAME = re.compile(rf"(?:([{_NC}]+)\.)?([{_NC}]+)")
 _CTL = re.compile(r"[\x00-\x1f\x7f]")
 _PARAM_NAME = re.compile(rf"[{_NC}]*")
@@ -216,9 +217,11 @@ _LANG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 # From/To/cc (§4.1-4.3): [ Formal-name ] "<" URI ">"; Formal-name = 1*( Token SP ) / String.
 _PARTY = re.compile(rf'(?:((?:[{_TC}]+ )+)|"({_STR_BODY})"( *))?<([^<>]*)>')
 # RFC 3986 absolute-URI (RFC 2396 absoluteURI): scheme ":" then URI characters, no fragment.
-_URI = re.compile(
-    r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
-)
+_URI_TEXT = r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+_URI = re.compile(_URI_TEXT)
+# A From/To/cc value with nothing wrong: token name or String without a space before "<",
+# and an absolute URI (one pattern, so the common case costs one match).
+_PARTY_VALID = re.compile(rf'(?:(?:[{_TC}]+ )+|"{_STR_BODY}")?<{_URI_TEXT}>')
 # NS (§4.6): [ Name-prefix ] "<" URI ">", also with the SP every RFC example writes.
 _NS_VALUE = re.compile(rf"(?:([{_NC}]+) ?)?<([^<>]*)>")
 # Require (§4.7): Header-name *( "," Header-name ), no whitespace.
@@ -683,49 +686,22 @@ class CpimMessage:
         """
         for head, namespace, value, _ in self._records:
             if head[2] == "From" and namespace == CPIM_NS:
-                # Fast path for ``Name <uri>`` (the general reading is _read_party).
-                name, sep, rest = value.rpartition(" <")
-                if (
-                    sep
-                    and rest[-1:] == ">"
-                    and "<" not in rest
-                    and "<" not in name
-                    and '"' not in name
-                    and name[:1] != " "
-                    and name[-1:] != " "
-                ):
-                    return Party(name, rest[:-1])
                 return _party_of(value)
         return None
 
     @property
     def to(self) -> tuple[Party, ...]:
         """Every To header in order (RFC 3862 §4.2)."""
-        return self._parties("To")
+        return tuple(
+            [_party_of(r[2]) for r in self._records if r[0][2] == "To" and r[1] == CPIM_NS]
+        )
 
     @property
     def cc(self) -> tuple[Party, ...]:
         """Every cc header in order (RFC 3862 §4.3)."""
-        return self._parties("cc")
-
-    def _parties(self, local: str) -> tuple[Party, ...]:
-        found = []
-        for head, namespace, value, _ in self._records:
-            if head[2] == local and namespace == CPIM_NS:
-                name, sep, rest = value.rpartition(" <")
-                if (
-                    sep
-                    and rest[-1:] == ">"
-                    and "<" not in rest
-                    and "<" not in name
-                    and '"' not in name
-                    and name[:1] != " "
-                    and name[-1:] != " "
-                ):
-                    found.append(Party(name, rest[:-1]))
-                else:
-                    found.append(_party_of(value))
-        return tuple(found)
+        return tuple(
+            [_party_of(r[2]) for r in self._records if r[0][2] == "cc" and r[1] == CPIM_NS]
+        )
 
     @property
     def datetime(self) -> DateTimeValue | None:
@@ -1034,32 +1010,35 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 _blank_line_clue(data, mime_headers, h0, h_end),
             )
         body_offset = e_end + 4
-    # 4. The CPIM headers: one record per header, NS resolved in order (§3.4).
+    # 4. Both header blocks in one pass when nothing is unusual: one decode, one split, one
+    # byte translation to find any control character but the CRLFs (so no bare CR or LF,
+    # and no HTAB in the CPIM block either), one search for whitespace ending a CPIM line.
+    # Leading whitespace and folding fail the head and name lookups below.
     records: list[_Record] = []
     lines: list[str] = []
-    if h_end > h0:
-        # The block with the CRLF before it (or a made-up one at the start of a body)
-        # and after it: one byte search then finds whitespace at any line's start or end.
-        wide = data[h0 - 2 : h_end + 2] if h0 else b"\r\n" + data[: h_end + 2]
-        fast = False
+    entity_headers: tuple[tuple[str, str], ...] = ()
+    cpim_done = h_end == h0
+    entity_done = False
+    if e_end > e0 and e_end + 2 - h0 <= policy.max_line_length:
+        region = data[h0 - 2 : e_end + 2] if h0 else b"\r\n" + data[: e_end + 2]
         try:
-            lines = wide.decode("utf-8").split("\r\n")
+            every = region.decode("utf-8").split("\r\n")  # "", CPIM..., "", entity..., ""
         except UnicodeDecodeError:
-            pass
-        else:
-            del lines[0], lines[-1]  # the CRLFs around the block
-            fast = (
-                h_end - h0 <= policy.max_line_length
-                and len(lines) <= policy.max_headers
-                and len(wide) - len(wide.translate(None, _CTL_BYTES)) == 2 * len(lines) + 2
-                and b"\r\n " not in wide
-                and b" \r\n" not in wide
-            )
-        if fast:
+            every = []
+        if (
+            every
+            and len(every) <= policy.max_headers
+            and len(region) - len(region.translate(None, _CTL_NO_TAB)) == 2 * len(every) - 2
+            and data.find(b"\t", h0, h_end) < 0
+            and data.find(b" \r\n", h0, h_end + 2) < 0
+        ):
+            blank = every.index("", 1)
+            lines = every[1:blank]
             heads = _HEADS
             append = records.append
             default: str | None = CPIM_NS
             bindings: dict[str | None, str] | None = None
+            cpim_done = True
             for index, line in enumerate(lines):
                 head, _, value = line.partition(" ")
                 info = heads.get(head)
@@ -1067,7 +1046,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 if info is None or not value:
                     info = _read_head(head) if value else None
                     if info is None:
-                        fast = False
+                        cpim_done = False
                         break
                 if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
                     prefix = info[1]
@@ -1086,44 +1065,23 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                     append((info, namespace, value, index))
                 else:
                     append((info, default, value, index))
-        if not fast:
-            faults = faults or _Faults(data, strict)
-            records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
-    # 5. The entity's MIME headers; Content-Type is required (§2.4).
-    entity_headers: tuple[tuple[str, str], ...] = ()
-    if e_end > e0:
-        fast = False
-        try:
-            text = data[e0:e_end].decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-        else:
-            if (
-                e_end - e0 <= policy.max_line_length
-                and "\r\n " not in text
-                and "\r\n\t" not in text
-                and not text.startswith((" ", "\t"))
-            ):
-                elines = text.split("\r\n")
-                breaks = len(elines) - 1
-                if (
-                    breaks < policy.max_headers
-                    and text.count("\n") == breaks
-                    and text.count("\r") == breaks
-                ):
-                    names = _MIME_NAMES
-                    pairs = []
-                    for line in elines:
-                        name, colon, value = line.partition(":")
-                        if not colon or name not in names:
-                            break
-                        pairs.append((name, value))
-                    else:
-                        entity_headers = tuple(pairs)
-                        fast = True
-        if not fast:
-            faults = faults or _Faults(data, strict)
-            entity_headers = _read_mime_block(data, e0, e_end, faults, policy, "entity header")
+            names = _MIME_NAMES
+            pairs = []
+            for line in every[blank + 1 : -1]:
+                name, colon, value = line.partition(":")
+                if not colon or name not in names:
+                    break
+                pairs.append((name, value))
+            else:
+                entity_headers = tuple(pairs)
+                entity_done = True
+    if not cpim_done:
+        faults = faults or _Faults(data, strict)
+        records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
+    if not entity_done and e_end > e0:
+        faults = faults or _Faults(data, strict)
+        entity_headers = _read_mime_block(data, e0, e_end, faults, policy, "entity header")
+    # 5. The entity's Content-Type is required (§2.4).
     if (not entity_headers or entity_headers[0][0] not in _CONTENT_TYPE_NAMES) and not any(
         name.lower() == "content-type" for name, _ in entity_headers
     ):
@@ -1695,6 +1653,8 @@ def _check_party(
 def _party_fault(value: str) -> tuple[str, str] | None:
     """What is wrong with ``[ Formal-name ] "<" URI ">"`` (§3.6, §4.1), or None. Trailing
     whitespace is reported on its own (TRAILING_WHITESPACE), not here."""
+    if _PARTY_VALID.fullmatch(value) and "\\" not in value:
+        return None
     if value[-1:] in (" ", "\t"):
         value = value.rstrip(" \t")
     m = _PARTY.fullmatch(value)
@@ -1741,15 +1701,22 @@ def _read_party(value: str) -> Party:
 
 
 def _party_of(value: str) -> Party:
-    """:func:`_read_party`, with a fast path for the common ``<uri>`` and ``Name <uri>``."""
-    if value[-1:] == ">" and '"' not in value and value.count("<") == 1:
-        lt = value.find("<")
-        if lt == 0:
-            return Party(None, value[1:-1])
-        if value[lt - 1] == " ":
-            name = value[: lt - 1]
-            if name[:1] != " " and name[-1:] != " ":
-                return Party(name, value[lt + 1 : -1])
+    """:func:`_read_party`, with a fast path for the common ``Name <uri>`` and ``<uri>``
+    (same result: a property test holds them equal)."""
+    name, sep, rest = value.rpartition(" <")
+    if (
+        sep
+        and name
+        and rest[-1:] == ">"
+        and "<" not in rest
+        and "<" not in name
+        and '"' not in name
+        and name[0] != " "
+        and name[-1] != " "
+    ):
+        return Party(name, rest[:-1])
+    if value[:1] == "<" and value[-1:] == ">" and value.count("<") == 1:
+        return Party(None, value[1:-1])
     return _read_party(value)
 
 
@@ -2012,25 +1979,25 @@ def _datetime_fields(
     m = _DATETIME.fullmatch(text)
     if m is None:
         return None
-    year, month, day = int(m.group(1)), int(m.group(2)), int(m.group(3))
-    hour, minute, second = int(m.group(5)), int(m.group(6)), int(m.group(7))
-    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 60:
+    y, mo, d, _t, h, mi, s, fraction, zulu, sign, oh, om = m.groups()
+    year, month, day, hour, minute, second = int(y), int(mo), int(d), int(h), int(mi), int(s)
+    if not 1 <= month <= 12 or hour > 23 or minute > 59 or second > 60 or day < 1:
         return None
-    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    days = 29 if month == 2 and leap else _DAYS[month - 1]
-    if not 1 <= day <= days:
+    if day > _DAYS[month - 1] and not (
+        month == 2 and day == 29 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    ):
         return None
     offset: int | None = 0
-    if not m.group(9):
-        oh, om = int(m.group(11)), int(m.group(12))
-        if oh > 23 or om > 59:
+    if not zulu:
+        hours, minutes = int(oh), int(om)
+        if hours > 23 or minutes > 59:
             return None
-        offset = oh * 60 + om
-        if m.group(10) == "-":
+        offset = hours * 60 + minutes
+        if sign == "-":
             offset = -offset if offset else None  # -00:00: UTC, local offset unknown
     if second == 60 and (hour * 60 + minute - (offset or 0)) % 1440 != 1439:
         return None
-    return year, month, day, hour, minute, second, m.group(8) or "", offset
+    return year, month, day, hour, minute, second, fraction or "", offset
 
 
 def format_datetime(moment: _dt.datetime) -> str:
