@@ -108,7 +108,9 @@ local function release(q, held)
 end
 
 local function book(P, maxlen, ...)
-  redis.call('XADD', P .. 'book', 'MAXLEN', '~', maxlen, '*', ...)
+  -- n numbers the changes without gaps: a reader that sees one missing was trimmed past
+  local n = redis.call('INCR', P .. 'bookseq')
+  redis.call('XADD', P .. 'book', 'MAXLEN', '~', maxlen, '*', 'n', n, ...)
 end
 
 -- commit(P, identity, at, window, window_ms, book_maxlen, guard_ms, n,
@@ -449,6 +451,13 @@ _CONNECTION_ERRORS = (
 )
 
 
+def _stale(exc: BaseException) -> bool:
+    """A broken connection (not a slow server, not a loading one): worth one more try."""
+    return isinstance(exc, redis_errors.ConnectionError) and not isinstance(
+        exc, redis_errors.BusyLoadingError
+    )
+
+
 def unavailable(url: str, exc: BaseException) -> DeliveryError:
     """The error every caller sees while the shared store cannot be reached."""
     return DeliveryError(
@@ -469,11 +478,6 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
-
-
 @dataclass(frozen=True, slots=True)
 class Change:
     """One entry of the presence change log: ``put``/``end`` a subscription (``field`` is
@@ -484,6 +488,7 @@ class Change:
     kind: str
     field: str
     value: bytes = b""
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -532,17 +537,25 @@ class _Pipeline:
 
     async def _send(self, batch: list[_Call], *, retry: bool) -> None:
         waits = self.replicas > 0 and any(c.wait for c in batch)
-        pipe = self.client.pipeline(transaction=False)
-        for item in batch:
-            pipe.execute_command(*item.args)
-        if waits:
-            pipe.execute_command("WAIT", self.replicas, int(self.replica_timeout * 1000))
-        try:
-            results = await pipe.execute(raise_on_error=False)
-        except _CONNECTION_ERRORS as exc:
-            raise unavailable(self.url, exc) from exc
-        finally:
-            await pipe.reset()  # type: ignore[no-untyped-call]
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for item in batch:
+                pipe.execute_command(*item.args)
+            if waits:
+                pipe.execute_command("WAIT", self.replicas, int(self.replica_timeout * 1000))
+            try:
+                results = await pipe.execute(raise_on_error=False)
+                break
+            except _CONNECTION_ERRORS as exc:
+                if attempt == 1 and _stale(exc):
+                    # a pooled connection Redis closed (it restarted, or timed the client
+                    # out): send once more on a fresh one. Every call is safe to repeat:
+                    # commits are deduplicated by identity, the others are idempotent.
+                    await self.client.connection_pool.disconnect()
+                    continue
+                raise unavailable(self.url, exc) from exc
+            finally:
+                await pipe.reset()  # type: ignore[no-untyped-call]
         self.round_trips += 1
         self.calls += len(batch)
         short = None
@@ -675,10 +688,17 @@ class RedisStore:
         )
 
     async def _direct(self, *args: Any) -> Any:
-        try:
-            return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
-        except _CONNECTION_ERRORS as exc:
-            raise unavailable(self.url, exc) from exc
+        """One read (or idempotent write) outside the pipeline; once more on a stale
+        connection."""
+        for attempt in (1, 2):
+            try:
+                return await self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+            except _CONNECTION_ERRORS as exc:
+                if attempt == 1 and _stale(exc):
+                    await self.client.connection_pool.disconnect()
+                    continue
+                raise unavailable(self.url, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _load(self) -> None:
         await self._direct("FUNCTION", "LOAD", "REPLACE", _LIBRARY_CODE)
@@ -856,8 +876,10 @@ class RedisStore:
                 if int(result[1]) < limit:
                     self._history = None  # own pending list read to its end
                 out += self._handed(result)
-            if len(out) < limit and now - self._last_recover >= self.timing.recover_interval:
-                self._last_recover = now
+            # heartbeats and idle times are Redis's real time, so is this interval
+            tick = time.monotonic()
+            if len(out) < limit and tick - self._last_recover >= self.timing.recover_interval:
+                self._last_recover = tick
                 out += await self._recover(limit - len(out))
             if len(out) < limit:
                 result = await self._fn(
@@ -1076,9 +1098,12 @@ class RedisStore:
         return sorted((decode_presence(k.decode(), v) for k, v in rows), key=lambda p: p.presentity)
 
     async def change_position(self) -> str:
-        """The id of the latest presence change (``0-0``: none yet)."""
+        """Where the presence change log ends now (an opaque token for :meth:`changes`)."""
         last = await self._direct("XREVRANGE", self.prefix + "book", "+", "-", "COUNT", 1)
-        return _text(last[0][0]) if last else "0-0"
+        if not last:
+            seq = await self._direct("GET", self.prefix + "bookseq")
+            return f"0-0#{_text(seq) if seq is not None else '0'}"
+        return f"{_text(last[0][0])}#{_text(last[0][1][b'n'])}"
 
     async def changes(
         self, position: str, *, count: int = 1000, block: float = 1.0
@@ -1087,19 +1112,18 @@ class RedisStore:
         first), the new position, and whether changes were trimmed from the log before
         they were read (then the caller compares the whole book instead)."""
         key = self.prefix + "book"
+        after, _, seq = position.partition("#")
         reply = await self._direct(
-            "XREAD", "COUNT", count, "BLOCK", max(1, int(block * 1000)), "STREAMS", key, position
+            "XREAD", "COUNT", count, "BLOCK", max(1, int(block * 1000)), "STREAMS", key, after
         )
         if not reply:
             return [], position, False
-        rows = reply[0][1]
-        info = await self._direct("XINFO", "STREAM", key)
-        deleted = _text(info.get(b"max-deleted-entry-id", b"0-0"))
-        trimmed = _stream_id(deleted) > _stream_id(position)
         out = [
-            Change(_text(sid), _text(f[b"k"]), _text(f[b"f"]), f.get(b"v", b"")) for sid, f in rows
+            Change(_text(sid), _text(f[b"k"]), _text(f[b"f"]), f.get(b"v", b""), int(f[b"n"]))
+            for sid, f in reply[0][1]
         ]
-        return out, _text(rows[-1][0]), trimmed
+        trimmed = out[0].seq != int(seq or 0) + 1
+        return out, f"{out[-1].id}#{out[-1].seq}", trimmed
 
     async def map_id(self, namespace: str, key: str, value: str, *, now: float) -> None:
         ttl = str(max(1, math.ceil(self.id_ttl * 1000)))

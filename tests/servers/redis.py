@@ -42,6 +42,7 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     appendfsync: str = "everysec"
+    extra: tuple[str, ...] = ()
     process: ServerProcess | None = None
 
     @property
@@ -73,6 +74,7 @@ class RedisServer:
             "",
             "--databases",
             "1",
+            *self.extra,
         ]
         self.process = ServerProcess(
             "redis",

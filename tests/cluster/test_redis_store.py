@@ -1,0 +1,454 @@
+"""The Redis store with several nodes on one real redis-server: one claim per entry, a
+dead node's work taken by the others, a restarted node taking its own back, commits
+atomic and deduplicated across nodes, buckets shared, the store surviving a Redis
+restart without its functions, and Redis's own crash with ``appendfsync always``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload
+from canonical.errors import DeliveryError, GatewayError, Reason
+from gateway.cluster import BookFollower, Timing
+from gateway.presence import LastPresence, PresenceBook, Subscription, SubscriptionState
+from gateway.store import Commit, EntryState, Outbound
+from gateway.store.redis import REFRESH, RedisStore
+from tests.gateway.samples import message
+from tests.servers.redis import RedisServer
+
+pytestmark = pytest.mark.e2e
+
+FAST = Timing(heartbeat=0.1, ttl=0.4, claim_idle=0.3, recover_interval=0.05)
+
+Make = Callable[..., RedisStore]
+
+
+@pytest.fixture
+async def make(redis_server: RedisServer, redis_namespace: str) -> AsyncIterator[Make]:
+    """Open stores (nodes) on one namespace; closed at the end unless a test killed them."""
+    opened: list[RedisStore] = []
+
+    def build(name: str, **kw: object) -> RedisStore:
+        kw.setdefault("timing", FAST)
+        kw.setdefault("url", redis_server.url)
+        store = RedisStore(namespace=redis_namespace, node=name, **kw)  # type: ignore[arg-type]
+        opened.append(store)
+        return store
+
+    yield build
+    for store in opened:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+async def kill(store: RedisStore) -> None:
+    """What ``kill -9`` leaves behind: no more heartbeats, no goodbye, claims unfinished."""
+    assert store._beat_task is not None
+    store._beat_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await store._beat_task
+    store._beat_task = None
+    store._open = False
+    await store.client.aclose()
+
+
+def commit_of(text: str, at: float = 1000.0, target: str = "sip") -> Commit:
+    env = message(text=text)
+    return Commit(identity=env.identity, at=at, entries=(Outbound(target, env, at + 600),))
+
+
+async def claim_all(store: RedisStore, now: float = 1000.0) -> list[str]:
+    return [e.id for e in await store.claim(now, 1000)]
+
+
+async def test_each_entry_is_handed_to_one_node_only(make: Make) -> None:
+    a, b, c = make("a"), make("b"), make("c")
+    for store in (a, b, c):
+        await store.open()
+    ids = [(await a.commit(commit_of(str(i)))).ids[0] for i in range(300)]
+    got = await asyncio.gather(*(s.claim(1000.0, 40) for s in (a, b, c) for _ in range(4)))
+    handed = [e.id for batch in got for e in batch]
+    handed += await claim_all(b)
+    assert sorted(handed, key=int) == ids
+    assert len(set(handed)) == len(handed)
+
+
+async def test_a_dead_nodes_entries_are_taken_after_its_heartbeat_expires(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    ids = [(await a.commit(commit_of(str(i)))).ids[0] for i in range(5)]
+    held = await claim_all(a)
+    assert sorted(held) == sorted(ids)
+    await a.complete(held[0])
+    await kill(a)
+    assert await claim_all(b) == []  # a's heartbeat still counts: nothing taken yet
+    taken: list[str] = []
+    for _ in range(60):
+        await asyncio.sleep(0.05)
+        taken += await claim_all(b)
+        if len(taken) == 4:
+            break
+    assert sorted(taken) == sorted(held[1:])
+    assert b.recovered == 4
+    roster = await b.roster()
+    assert roster["b"]["recovered"] == "4"
+    [entry] = [e for e in await b.entries() if e.id == taken[0]]
+    assert entry.state is EntryState.PENDING
+    for entry_id in taken:
+        await b.complete(entry_id)
+    assert await b.entries() == []
+    assert (await b.stats(1000.0)).pending == 0
+
+
+async def test_a_live_node_keeps_its_claims_however_long_they_take(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    await a.commit(commit_of("slow"))
+    [entry] = await a.claim(1000.0, 10)
+    await asyncio.sleep(FAST.claim_idle * 3)  # idle past claim_idle, but a beats
+    assert await claim_all(b) == []
+    await a.complete(entry.id)
+    assert await b.entries() == []
+
+
+async def test_a_restarted_node_takes_its_own_work_back_at_once(make: Make) -> None:
+    slow = Timing(heartbeat=0.5, ttl=30.0, claim_idle=60.0, recover_interval=60.0)
+    a = make("a", timing=slow)
+    await a.open()
+    ids = [(await a.commit(commit_of(str(i)))).ids[0] for i in range(3)]
+    assert sorted(await claim_all(a)) == sorted(ids)
+    await kill(a)
+    again = make("a", timing=slow)  # same name, same host, the old process is "gone"
+    # same pid in this test: the old instance looks alive, so clear its heartbeat as a
+    # restart after kill -9 would find it (another pid, not running)
+    await again.client.delete(again.prefix + "node:a")
+    await again.open()
+    assert sorted(await claim_all(again)) == sorted(ids)
+
+
+async def test_a_name_in_use_by_a_live_process_is_refused(make: Make) -> None:
+    a = make("a")
+    await a.open()
+    twin = make("a")
+    with pytest.raises(GatewayError, match="in use by another running gateway"):
+        await twin.open()
+
+
+async def test_a_rescheduled_entry_is_due_for_every_node(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    await a.commit(commit_of("r"))
+    [entry] = await a.claim(1000.0, 10)
+    await a.reschedule(entry.id, next_at=1010.0, attempts=1, error="busy")
+    assert await b.next_due() == 1010.0
+    assert await claim_all(b, 1009.0) == []
+    [again] = await b.claim(1010.0, 10)
+    assert (again.id, again.attempts, again.last_error) == (entry.id, 1, "busy")
+    assert await claim_all(a, 1011.0) == []
+
+
+async def test_next_due_sees_entries_no_node_has_read(make: Make) -> None:
+    a = make("a")
+    await a.open()
+    assert await a.next_due() is None
+    await a.commit(commit_of("x", at=1234.5))
+    assert await a.next_due() == 1234.5
+    await a.claim(1234.5, 10)
+    assert await a.next_due() is None
+
+
+async def test_one_identity_is_accepted_once_across_nodes(make: Make) -> None:
+    nodes = [make(f"n{i}") for i in range(4)]
+    for store in nodes:
+        await store.open()
+    results = await asyncio.gather(*(s.commit(commit_of("same")) for s in nodes for _ in range(5)))
+    assert sum(not r.duplicate for r in results) == 1
+    assert len(await nodes[0].entries()) == 1
+
+
+async def test_a_commit_writes_entries_subscriptions_and_presence_together(make: Make) -> None:
+    a = make("a")
+    await a.open()
+    sub = Subscription(
+        "xmpp:al@x.test", "sip:bo@s.test", SubscriptionState.ACTIVE, "xmpp", "sip", None, 1.0, 2.0
+    )
+    pres = LastPresence("sip:bo@s.test", Payload(PIDF, b"<presence>\r\n\x00</presence>"), 3.0, "p1")
+    env = message(text="n")
+    accepted = await a.commit(
+        Commit("ev", 5.0, (Outbound("xmpp", env, 99.0),), subscriptions=(sub,), presence=pres)
+    )
+    assert len(accepted.ids) == 1
+    assert await a.subscriptions() == [sub]
+    assert await a.presences() == [pres]
+    [entry] = await a.entries()
+    assert entry.envelope == env
+
+
+async def test_rate_limit_buckets_are_shared_by_the_nodes(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    takes = [await s.take_token("alice", rate=1.0, burst=3, now=50.0) for s in (a, b, a, b)]
+    assert takes[:3] == [0.0, 0.0, 0.0]
+    assert takes[3] == pytest.approx(1.0)
+
+
+async def test_concurrent_calls_share_round_trips(make: Make) -> None:
+    a = make("a")
+    await a.open()
+    before = a.round_trips
+    results = await asyncio.gather(*(a.commit(commit_of(str(i))) for i in range(500)))
+    trips = a.round_trips - before
+    assert all(not r.duplicate for r in results)
+    assert trips < 500 / 4, f"{trips} round trips for 500 concurrent commits"
+
+
+async def test_the_store_reloads_its_functions_when_redis_lost_them(make: Make) -> None:
+    a = make("a")
+    await a.open()
+    await a.client.execute_command("FUNCTION", "DELETE", "cpimgw_1")
+    accepted = await a.commit(commit_of("after flush"))
+    assert not accepted.duplicate
+    assert await claim_all(a) == list(accepted.ids)
+
+
+async def test_the_change_log_brings_other_nodes_subscriptions_into_a_book(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    book = PresenceBook()
+    follower = BookFollower(b, book, block=0.05)
+    await follower.start()
+    try:
+        sub = Subscription(
+            "xmpp:w@x.test", "sip:p@s.test", SubscriptionState.ACTIVE, "xmpp", "sip", None, 1, 2
+        )
+        pres = LastPresence("sip:p@s.test", Payload(PIDF, b"<presence/>"), 3.0, "p")
+        await a.commit(Commit("e1", 5.0, subscriptions=(sub,), presence=pres))
+        for _ in range(100):
+            if book.subscriptions() == [sub] and book.last("sip:p@s.test") == pres:
+                break
+            await asyncio.sleep(0.02)
+        assert book.subscriptions() == [sub]
+        assert book.last("sip:p@s.test") == pres
+        await a.commit(Commit("e2", 6.0, ended=(("xmpp:w@x.test", "sip:p@s.test"),)))
+        for _ in range(100):
+            if not book.subscriptions():
+                break
+            await asyncio.sleep(0.02)
+        assert book.subscriptions() == []
+    finally:
+        await follower.stop()
+
+
+async def test_a_trimmed_change_log_makes_the_follower_compare_the_whole_book(make: Make) -> None:
+    a = make("a", change_log=2)
+    await a.open()
+    book = PresenceBook()
+    stale = Subscription(
+        "xmpp:gone@x.test", "sip:p@s.test", SubscriptionState.ACTIVE, "xmpp", "sip", None, 1, 2
+    )
+    book.load([stale], [])
+    follower = BookFollower(a, book, block=0.05)
+    await follower.start()
+    await follower.stop()  # step by hand from here
+    subs = [
+        Subscription(
+            f"xmpp:w{i}@x.test", "sip:p@s.test", SubscriptionState.ACTIVE, "xmpp", "sip", None, 1, 2
+        )
+        for i in range(300)
+    ]
+    for i, sub in enumerate(subs):
+        await a.commit(Commit(f"s{i}", 5.0, subscriptions=(sub,)))
+    await follower.step()
+    assert follower.resyncs == 1
+    assert book.subscriptions() == sorted(subs, key=lambda s: (s.presentity, s.watcher))
+
+
+async def test_resubscriptions_after_starts_go_out_once_per_cluster(make: Make) -> None:
+    nodes = [make(f"n{i}") for i in range(3)]
+    for store in nodes:
+        await store.open()
+
+    def resub(now: float) -> Commit:
+        env = Envelope(
+            operation=Operation.SUBSCRIBE,
+            sender="xmpp:w@x.test",
+            recipient="sip:p@s.test",
+            payload=None,
+            identity=f"resubscribe-{now}",
+            origin=Origin(adapter="xmpp", peer="cpimgw"),
+            received_at=now,
+            duration=3600,
+            attributes={REFRESH: "restart"},
+        )
+        return Commit("", now, (Outbound("sip", env, now + 300),))
+
+    results = [await s.commit(resub(100.0 + i)) for i, s in enumerate(nodes)]
+    assert [len(r.ids) for r in results] == [1, 0, 0]
+    assert len(await nodes[0].entries()) == 1
+
+
+async def test_an_unreachable_redis_refuses_commits_and_claims_nothing(
+    make: Make, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        a = make("a", url=server.url)
+        await a.open()
+        await a.commit(commit_of("before"))
+        server.kill()
+        with pytest.raises(DeliveryError) as refused:
+            await a.commit(commit_of("during"))
+        assert refused.value.retryable
+        assert refused.value.reason is Reason.UNAVAILABLE
+        assert await a.claim(1000.0, 10) == []
+        assert await a.next_due() is None
+        server.start()
+        claimed = await a.claim(1000.0, 10)
+        assert [e.envelope.identity for e in claimed] == [message(text="before").identity]
+    finally:
+        server.stop()
+
+
+async def test_acknowledged_entries_survive_a_redis_crash_with_fsync_always(
+    make: Make, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis", appendfsync="always").start()
+    try:
+        a = make("a", url=server.url)
+        await a.open()
+        acked = await asyncio.gather(*(a.commit(commit_of(str(i))) for i in range(200)))
+        ids = sorted((r.ids[0] for r in acked), key=int)
+        server.kill()  # SIGKILL: no shutdown, no final fsync
+        server.start()
+        kept = await a.entries(EntryState.PENDING, 1000)
+        assert [e.id for e in kept] == ids
+    finally:
+        server.stop()
+
+
+async def test_a_commit_waits_for_the_replica_it_was_asked_to(make: Make, tmp_path: Path) -> None:
+    primary = RedisServer(tmp_path / "primary", extra=("--repl-diskless-sync-delay", "0")).start()
+    replica = RedisServer(
+        tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))
+    )
+    try:
+        replica.start()
+        a = make("a", url=primary.url, replicas=1, replica_timeout=0.5)
+        await a.open()
+        for _ in range(100):  # the replica's first sync
+            info = await a.client.info("replication")
+            if info.get("slave0", {}).get("state") == "online":
+                break
+            await asyncio.sleep(0.05)
+        accepted = await a.commit(commit_of("replicated"))
+        assert not accepted.duplicate
+        replica.kill()
+        with pytest.raises(DeliveryError, match="0 of 1 Redis replicas"):
+            await a.commit(commit_of("alone"))
+        # on the primary all the same, but not acknowledged while no replica has it
+        stored = [e.envelope.identity for e in await a.entries()]
+        assert stored == [message(text="replicated").identity, message(text="alone").identity]
+        with pytest.raises(DeliveryError, match="0 of 1 Redis replicas"):
+            await a.commit(commit_of("alone"))
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+# -- property: across nodes and node deaths, nothing acknowledged is lost ---------------
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["commit", "claim", "complete", "retry", "fail", "kill"]),
+        st.integers(0, 2),
+        st.integers(0, 7),
+    ),
+    min_size=1,
+    max_size=30,
+)
+QUICK = Timing(heartbeat=0.05, ttl=0.15, claim_idle=0.1, recover_interval=0.02)
+
+
+@settings(max_examples=15, deadline=None)
+@given(ops=steps)
+def test_no_acknowledged_entry_is_lost_whichever_nodes_die(
+    redis_server: RedisServer, ops: list[tuple[str, int, int]]
+) -> None:
+    """Model check: three nodes commit, claim, finish and die in any order; at the end the
+    pending entries are exactly those committed and not finished, and a surviving node
+    gets every one of them (the dead nodes' claims included)."""
+
+    async def scenario(namespace: str) -> None:
+        generation = [0, 0, 0]
+
+        async def start(k: int) -> RedisStore:
+            generation[k] += 1
+            store = RedisStore(
+                redis_server.url, namespace=namespace, node=f"n{k}g{generation[k]}", timing=QUICK
+            )
+            await store.open()
+            return store
+
+        nodes = [await start(k) for k in range(3)]
+        held: list[list[str]] = [[], [], []]
+        expected: set[str] = set()
+        failed: set[str] = set()
+        now = 1000.0
+        for op, k, n in ops:
+            now += 1.0
+            node = nodes[k]
+            if op == "commit":
+                env = message(text=f"m{n}", received_at=now)
+                acc = await node.commit(
+                    Commit(env.identity, now, (Outbound("sip", env, now + 99),))
+                )
+                expected.update(acc.ids)
+            elif op == "claim":
+                held[k] += [e.id for e in await node.claim(now, n + 1)]
+            elif op in ("complete", "retry", "fail") and held[k]:
+                entry_id = held[k].pop(n % len(held[k]))
+                if op == "complete":
+                    await node.complete(entry_id)
+                    expected.discard(entry_id)
+                elif op == "retry":
+                    await node.reschedule(entry_id, next_at=now, attempts=1, error="e")
+                else:
+                    await node.fail(entry_id, error="e", now=now)
+                    expected.discard(entry_id)
+                    failed.add(entry_id)
+            elif op == "kill":
+                await kill(node)
+                held[k] = []
+                nodes[k] = await start(k)  # a new node; the old name's work is orphaned
+        survivor = nodes[0]
+        pending = {e.id for e in await survivor.entries(EntryState.PENDING, 10_000)}
+        kept_failed = {e.id for e in await survivor.entries(EntryState.FAILED, 10_000)}
+        assert pending == expected
+        assert kept_failed == failed
+        for store in nodes[1:]:
+            await store.close()
+        still_held = {i for h in held[1:] for i in h} | set(held[0])
+        got = set(held[0])
+        for _ in range(200):
+            got |= {e.id for e in await survivor.claim(now + 1, 10_000)}
+            if got >= expected:
+                break
+            await asyncio.sleep(0.02)
+        assert got >= expected, f"never handed out again: {expected - got}"
+        assert got <= expected | still_held
+        await survivor.close()
+
+    asyncio.run(scenario(f"prop-{uuid.uuid4().hex[:12]}"))
