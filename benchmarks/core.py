@@ -54,6 +54,7 @@ def envelopes(count: int, run: str) -> list[Envelope]:
                 payload=Payload(CPIM, body),
                 identity=identity_of(run, str(i)),
                 origin=Origin(adapter="in"),
+                received_at=time.time(),  # adapters stamp what they receive
             )
         )
     return out

@@ -301,7 +301,7 @@ class Gateway:
             if effects.dropped:
                 self.metrics.presence_dropped.inc(effects.dropped)
         self.counters.accepted += 1
-        self.metrics.messages_in.labels(adapter, envelope.operation.value).inc()
+        self.metrics.child(self.metrics.messages_in, adapter, envelope.operation.value).inc()
         self.outcomes.outcome(
             "accepted", envelope, entries=len(accepted.ids), note=effects.note if effects else None
         )
@@ -340,7 +340,11 @@ class Gateway:
                 )
         if op is Operation.MESSAGE:
             self.seen.check(envelope, now)
-            out = envelope.replace(recipient=resolution.recipient)
+            out = (
+                envelope
+                if resolution.recipient == envelope.recipient
+                else envelope.replace(recipient=resolution.recipient)
+            )
             entry = Outbound(resolution.adapter, out, now + self.delivery.expiry)
             return Commit(envelope.identity, now, (entry,)), None
         if op is Operation.SUBSCRIBE:
@@ -440,9 +444,8 @@ class Gateway:
             await self._failed(entry, missing, False, None)
             return
         try:
-            await asyncio.wait_for(
-                adapter.send(envelope.hop(self.gateway_id)), self.delivery.send_timeout
-            )
+            async with asyncio.timeout(self.delivery.send_timeout):
+                await adapter.send(envelope.hop(self.gateway_id))
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:
@@ -466,8 +469,11 @@ class Gateway:
             await self.store.complete(entry.id)
             now = self.clock()
             self.counters.delivered += 1
-            self.metrics.messages_out.labels(entry.target, envelope.operation.value).inc()
-            self.metrics.latency.labels(entry.target).observe(max(0.0, now - envelope.received_at))
+            metrics = self.metrics
+            metrics.child(metrics.messages_out, entry.target, envelope.operation.value).inc()
+            metrics.child(metrics.latency, entry.target).observe(
+                max(0.0, now - envelope.received_at)
+            )
             self.outcomes.outcome(
                 "delivered", envelope, target=entry.target, attempts=entry.attempts + 1
             )

@@ -19,6 +19,8 @@ Names and labels (documented in the operators' guide, "Metrics"):
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from gateway.presence import SubscriptionState
@@ -97,6 +99,15 @@ class Metrics:
             "cpimgw_adapter_ready", "1 while the adapter is ready", ["adapter"], registry=r
         )
         self._targets: set[str] = set()
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: the hot path asks for the same few often."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_queue(self, stats: QueueStats) -> None:
         for target in self._targets | set(stats.by_target):
