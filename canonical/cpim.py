@@ -1271,7 +1271,7 @@ def _read_mime_block(  # noqa: PLR0917 - internal
                 raise faults.fatal("EMPTY_NAME", f"{what} line starts with ':'", offset, number)
             name = line[:colon]
             if _MIME_NAME.fullmatch(name):
-                if len(_MIME_NAMES) < _HEADS_MAX:
+                if len(_MIME_NAMES) < _HEADS_MAX and len(name) <= _CACHED_SIZE:
                     _MIME_NAMES.add(name)
             else:
                 faults.add("BAD_HEADER_NAME", f"{what} name {name!r} is not valid", offset, number)
@@ -1293,7 +1293,10 @@ def _read_cpim_block(
 
 #: Heads (``Name:params`` before the SP) already found valid, with their parts.
 _HEADS: dict[str, _Head] = {}
+#: Bounds of the caches, whose keys come from the input: entries, and key length (so a
+#: flood of unusual headers costs at most a few megabytes and then only speed).
 _HEADS_MAX: Final = 4096
+_CACHED_SIZE: Final = 200
 
 
 def _read_head(head: str) -> _Head | None:
@@ -1304,7 +1307,7 @@ def _read_head(head: str) -> _Head | None:
         return None
     name, prefix, local, params = m.groups()
     info = (name, prefix, local, params, prefix is not None or local == "NS")
-    if len(_HEADS) < _HEADS_MAX:
+    if len(_HEADS) < _HEADS_MAX and len(head) <= _CACHED_SIZE:
         _HEADS[head] = info
     return info
 
@@ -1772,7 +1775,7 @@ def _read_ns(value: str) -> tuple[str | None, str] | None:
     if binding is _UNSEEN:
         m = _NS_VALUE.fullmatch(value)
         binding = None if m is None else (m.group(1), m.group(2))
-        if len(_NS_VALUES) < _HEADS_MAX:
+        if len(_NS_VALUES) < _HEADS_MAX and len(value) <= _CACHED_SIZE:
             _NS_VALUES[value] = binding
     return binding  # type: ignore[return-value]
 

@@ -324,3 +324,25 @@ def test_party_encode_chooses_the_form() -> None:
     assert cpim.Party("A\tB", "im:a@example.com").encode() == '"A\\tB"<im:a@example.com>'
     with pytest.raises(ValueError, match="absolute URI"):
         cpim.Party(None, "a b").encode()
+
+
+def test_caches_fed_by_input_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heads, NS values and MIME names are remembered, but never long ones and never
+    more than a fixed number, whatever the input."""
+    long_name = "X" * 1000
+    data = (
+        cpim.MIME_HEADER
+        + b"\r\n"
+        + f"NS: p <urn:example:{'y' * 1000}>\r\n{long_name}: v\r\n\r\n".encode()
+        + f"{long_name}: x\r\nContent-Type: text/plain\r\n\r\n".encode()
+    )
+    msg = cpim.parse(data, strict=True)
+    assert msg.headers[1].name == long_name
+    assert all(len(key) <= cpim._CACHED_SIZE for key in cpim._HEADS)
+    assert all(len(key) <= cpim._CACHED_SIZE for key in cpim._NS_VALUES)
+    assert all(len(key) <= cpim._CACHED_SIZE for key in cpim._MIME_NAMES)
+    monkeypatch.setattr(cpim, "_HEADS", {})  # fill a scratch cache, not the shared one
+    for i in range(cpim._HEADS_MAX + 10):
+        cpim._read_head(f"H{i}:")
+    assert len(cpim._HEADS) == cpim._HEADS_MAX
+    assert cpim._read_head("Late:") == ("Late", None, "Late", "", False)  # still read
