@@ -26,6 +26,9 @@ from adapters.cpim.ledger import Ledger, Status
 from adapters.cpim.mapping import (
     CARRIED,
     ID,
+    REPORT_IDENTITY,
+    REPORT_MESSAGE,
+    REPORT_REASON,
     HttpMapper,
     HttpRequest,
     Reading,
@@ -238,6 +241,16 @@ class Api:
         await self.ledger.accepted(
             envelope.identity, principal.name, envelope.operation.value, at=now
         )
+        failed = envelope.attributes.get(REPORT_IDENTITY)
+        if principal.kind == "peer" and failed is not None:
+            # A peer reports the final failure of an operation that went out through
+            # it; if it was sent here, its status resource says so too.
+            await self.ledger.failed(
+                failed,
+                reason=envelope.attributes.get(REPORT_REASON, Reason.INTERNAL.value),
+                detail=envelope.attributes.get(REPORT_MESSAGE, ""),
+                at=now,
+            )
         self.count("http_accepted", adapter=self.name, operation=envelope.operation.value)
         location = f"/v1/status/{envelope.identity}"
         return web.json_response(

@@ -105,6 +105,7 @@ class PeerClient:
                 url,
                 data=request.body if request.body else None,
                 headers=headers,
+                skip_auto_headers=() if request.body else ("Content-Type",),
                 allow_redirects=False,
             ) as response:
                 text = await response.read()

@@ -470,7 +470,6 @@ class HttpMapper:
         allowed = MEDIA.get(operation)
         if allowed is None or (
             operation is Operation.MESSAGE
-            and content_type is None
             and not native.body
             and any(v.startswith(REPORT_REASON + "=") for v in native.get_all(ATTRIBUTE))
         ):
