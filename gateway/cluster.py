@@ -32,11 +32,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
 from canonical.envelope import Payload
 from canonical.errors import ConfigError
 from gateway.presence import Effects, LastPresence, PresenceBook, Subscription, SubscriptionState
 
 if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.core import Gateway
     from gateway.store.redis import Change, RedisStore
 
 log = logging.getLogger("cpimgw.cluster")
@@ -443,12 +448,78 @@ class BookFollower:
                 await asyncio.sleep(self.block)
 
 
+# -- the runner's glue (cpimgw run) ------------------------------------------------------
+
+
+def registry_of(settings: Settings) -> CollectorRegistry | None:
+    """A metrics registry whose ``target_info`` names this node (``node`` label), for a
+    gateway on the shared store; None (the default registry) otherwise."""
+    if settings.store.backend != "redis":
+        return None
+    return CollectorRegistry(
+        target_info={"node": node_name(settings.cluster.node), "gateway": settings.gateway.id}
+    )
+
+
+class NodeCollector:
+    """Per-node cluster metrics, read from the store's counters at scrape time:
+
+    - ``cpimgw_cluster_held``: entries this node claimed and has not finished.
+    - ``cpimgw_cluster_recovered_total``: entries this node took over from dead nodes.
+    - ``cpimgw_cluster_store_round_trips_total`` / ``..._calls_total``: pipelines sent to
+      Redis and the calls they carried (group commit: calls per round trip).
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        node = self.store.name
+        held = GaugeMetricFamily(
+            "cpimgw_cluster_held", "Entries claimed and not finished", labels=["node"]
+        )
+        held.add_metric([node], self.store.held)
+        yield held
+        for name, doc, value in (
+            ("recovered", "Entries taken over from dead nodes", self.store.recovered),
+            ("store_round_trips", "Pipelines sent to Redis", self.store.round_trips),
+            ("store_calls", "Store calls sent to Redis", self.store.calls),
+        ):
+            family = CounterMetricFamily(f"cpimgw_cluster_{name}", doc, labels=["node"])
+            family.add_metric([node], value)
+            yield family
+
+
+def watch(gateway: Gateway) -> None:
+    """Add the node's cluster metrics to the gateway's registry (Redis store only)."""
+    from gateway.store.redis import RedisStore  # noqa: PLC0415 - the store imports this module
+
+    if isinstance(gateway.store, RedisStore):
+        gateway.metrics.registry.register(NodeCollector(gateway.store))
+
+
+async def follow(gateway: Gateway, settings: Settings) -> BookFollower | None:
+    """Start keeping the gateway's presence book in step with the other nodes (after
+    :meth:`Gateway.start` loaded it); None when the store is not shared."""
+    from gateway.store.redis import RedisStore  # noqa: PLC0415 - the store imports this module
+
+    if not isinstance(gateway.store, RedisStore):
+        return None
+    follower = BookFollower(gateway.store, gateway.book, resync=settings.cluster.resync)
+    await follower.start()
+    return follower
+
+
 __all__ = [
     "NODE_NAME",
     "BookFollower",
     "ClusterStatus",
     "Consumer",
     "Node",
+    "NodeCollector",
     "NodeStatus",
     "Timing",
     "decode_presence",
@@ -456,11 +527,14 @@ __all__ = [
     "effects_of",
     "encode_presence",
     "encode_subscription",
+    "follow",
     "may_take_over",
     "node_name",
     "node_statuses",
     "orphaned",
+    "registry_of",
     "resync_effects",
     "retired",
     "subscription_field",
+    "watch",
 ]

@@ -42,7 +42,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from canonical.envelope import Envelope
-from canonical.errors import DeliveryError, GatewayError, Reason
+from canonical.errors import ConfigError, DeliveryError, GatewayError, Reason
 from gateway.cluster import (
     Consumer,
     Node,
@@ -68,6 +68,9 @@ from gateway.cluster import (
 from gateway.presence import LastPresence, Subscription
 from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
 from gateway.store.sqlite import decode_envelope, encode_envelope
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("cpimgw.store.redis")
 
@@ -1174,4 +1177,32 @@ def _running(pid: int) -> bool:
     return True
 
 
-__all__ = ["GROUP", "LIBRARY", "Change", "RedisStore", "unavailable"]
+def redis_store_of(settings: Settings, *, serve: bool = True) -> RedisStore:
+    """The Redis store a config asks for (``[store] backend = "redis"`` and ``[cluster]``)."""
+    store, cluster = settings.store, settings.cluster
+    send_timeout = settings.delivery.send_timeout
+    if cluster.claim_idle <= send_timeout:
+        raise ConfigError(
+            f"{cluster.claim_idle:g}s is not longer than [delivery] send_timeout"
+            f" ({send_timeout:g}s): a slow send could be taken from a live node and sent twice",
+            key="cluster.claim_idle",
+            hint=f"make it at least {2 * send_timeout:g}s",
+        )
+    return RedisStore(
+        store.url,
+        namespace=store.namespace,
+        node=cluster.node,
+        timing=Timing(
+            heartbeat=cluster.heartbeat,
+            ttl=cluster.ttl,
+            claim_idle=cluster.claim_idle,
+            recover_interval=cluster.recover_interval,
+        ),
+        dedup_window=store.dedup_window,
+        replicas=store.replicas,
+        replica_timeout=store.replica_timeout,
+        serve=serve,
+    )
+
+
+__all__ = ["GROUP", "LIBRARY", "Change", "RedisStore", "redis_store_of", "unavailable"]
