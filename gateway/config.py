@@ -65,11 +65,27 @@ class GatewaySection(_Section):
 
 
 class StoreSection(_Section):
-    backend: Literal["sqlite", "memory"] = "sqlite"
+    backend: Literal["sqlite", "memory", "redis"] = "sqlite"
     path: Path = Path("cpimgw.sqlite3")
     synchronous: Literal["full", "normal"] = "full"
     dedup_window: Duration = 3600.0
     poll_interval: Duration = 1.0
+    # backend = "redis" (several nodes share it; docs/scaling.md)
+    url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+    namespace: str = Field(default="cpimgw", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    replicas: int = Field(default=0, ge=0, description="acknowledge once N replicas have it")
+    replica_timeout: Duration = 1.0
+
+
+class ClusterSection(_Section):
+    """This node among several sharing a Redis store (``[store] backend = "redis"``)."""
+
+    node: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    heartbeat: Duration = 2.0
+    ttl: Duration = 10.0
+    claim_idle: Duration = 60.0
+    recover_interval: Duration = 5.0
+    resync: Duration = 300.0
 
 
 class DeliverySection(_Section):
@@ -142,6 +158,7 @@ class Settings(BaseSettings):
 
     gateway: GatewaySection
     store: StoreSection = StoreSection()
+    cluster: ClusterSection = ClusterSection()
     delivery: DeliverySection = DeliverySection()
     security: SecuritySection = SecuritySection()
     loop: LoopSection = LoopSection()

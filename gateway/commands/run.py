@@ -20,6 +20,7 @@ from adapters.contract import AdapterContext
 from canonical.errors import GatewayError
 from canonical.policy import DEFAULT
 from gateway import logs
+from gateway.cluster import follow, registry_of, watch
 from gateway.config import Config, load_file
 from gateway.core import Gateway
 from gateway.health import HealthServer
@@ -29,6 +30,7 @@ from gateway.presence import PresenceBook
 from gateway.routing import SeenSet
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
+from gateway.store.redis import redis_store_of
 from gateway.store.sqlite import SqliteStore
 
 log = logging.getLogger(logs.RUNNER)
@@ -45,6 +47,8 @@ def store_of(config: Config, *, serve: bool = True) -> Store:
     section = config.settings.store
     if section.backend == "memory":
         return MemoryStore(dedup_window=section.dedup_window)
+    if section.backend == "redis":
+        return redis_store_of(config.settings, serve=serve)
     return SqliteStore(
         config.store_path,
         synchronous=section.synchronous,
@@ -57,7 +61,7 @@ def store_of(config: Config, *, serve: bool = True) -> Store:
 def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
     """A gateway built from a checked config (nothing started yet)."""
     settings = config.settings
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(registry_of(settings))
     policy = DEFAULT.replace(max_message_size=settings.security.max_size)
     adapters = {}
     for name, setup in config.adapters.items():
@@ -68,7 +72,7 @@ def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
         )
         adapters[name] = setup.cls(name, setup.config, context)
     presence = settings.presence
-    return Gateway(
+    gateway = Gateway(
         gateway_id=settings.gateway.id,
         adapters=adapters,
         store=store_of(config),
@@ -84,6 +88,8 @@ def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
         metrics=metrics,
         outcomes=OutcomeLog(settings.logging.trace),
     )
+    watch(gateway)  # per-node cluster metrics on a shared store
+    return gateway
 
 
 async def serve(config: Config) -> int:
@@ -102,8 +108,10 @@ async def serve(config: Config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: reload(gateway, config))
+    follower = None
     try:
         await gateway.start()
+        follower = await follow(gateway, config.settings)  # other nodes' presence changes
         log.info(
             "cpimgw ready",
             extra={"gateway": gateway.gateway_id, "adapters": ",".join(gateway.adapters)},
@@ -111,6 +119,8 @@ async def serve(config: Config) -> int:
         await stop.wait()
         log.info("draining")
     finally:
+        if follower is not None:
+            await follower.stop()
         await gateway.stop()
         if health is not None:
             await health.stop()
