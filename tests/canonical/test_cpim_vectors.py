@@ -252,3 +252,14 @@ def test_manifest_header_fields_are_the_ones_cpimgw_cpim_show_prints() -> None:
     described = cpim.describe(cpim.parse(VALID[1].read_bytes()))
     printed = set().union(*(set(h) for h in described["headers"]))
     assert fields <= printed
+
+
+def test_docs_explain_every_code() -> None:
+    """docs/cpim.md lists every code with its meaning and fix (the docs cannot drift)."""
+    from pathlib import Path  # noqa: PLC0415 - only this test reads the docs
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cpim.md").read_text("utf-8")
+    for code, meaning in cpim.ERROR_CODES.items():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{code}` |")), "")
+        assert row, code
+        assert meaning.removeprefix("warning: ").split(" (RFC")[0] in row
