@@ -13,11 +13,10 @@ stream into messages by Content-Length.
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Self
+from typing import Any, ClassVar, NamedTuple, Self
 
 from adapters.sip import header as hdr
 from canonical.errors import Defect, ParseError, Reason
@@ -50,7 +49,26 @@ COMPACT: dict[str, str] = {
 _TOKEN_BYTES = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 )
+_TOKEN_DELETE = bytes(sorted(_TOKEN_BYTES))
 _FOLD = re.compile(rb"\r\n[ \t]+")
+#: canonical keys of the names seen so far (header names repeat across messages).
+_KEYS: dict[str, str] = {}
+
+
+def _is_token(data: bytes) -> bool:
+    """True for a non-empty RFC 3261 token (C speed: delete the token bytes, see if any stay)."""
+    return bool(data) and not data.translate(None, _TOKEN_DELETE)
+
+
+def _key(name: str) -> str:
+    key = _KEYS.get(name)
+    if key is None:
+        key = canonical_name(name)
+        if len(_KEYS) < 4096:
+            _KEYS[name] = key
+    return key
+
+
 _VERSION = re.compile(rb"SIP/[0-9]+\.[0-9]+")
 CRLF = b"\r\n"
 
@@ -79,8 +97,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True, slots=True)
-class HeaderField:
+class HeaderField(NamedTuple):
     """One header field as written: ``name`` (as written), ``value`` (unfolded, trimmed,
     UTF-8 with surrogateescape so no byte is lost), ``raw`` (its exact line(s), CRLF
     included) and ``key`` (canonical lower-case long name)."""
@@ -93,7 +110,7 @@ class HeaderField:
     @classmethod
     def build(cls, name: str, value: str) -> HeaderField:
         """A new ``Name: value`` line. Refuses CR/LF in either (header injection)."""
-        if not name or not all(b in _TOKEN_BYTES for b in name.encode("utf-8", "replace")):
+        if not _is_token(name.encode("utf-8", "replace")):
             raise ValueError(f"{name!r} is not a header name (RFC 3261 §25.1 token)")
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} value contains CR or LF")
@@ -104,7 +121,7 @@ class HeaderField:
 class Message:
     """A SIP request or response that keeps its bytes. Immutable; edits return copies."""
 
-    __slots__ = ("_raw", "body", "defects", "headers", "start_line")
+    __slots__ = ("_raw", "_views", "body", "defects", "headers", "start_line")
 
     kind: ClassVar[str] = "message"
 
@@ -113,6 +130,7 @@ class Message:
     body: bytes
     defects: tuple[Defect, ...]
     _raw: bytes | None
+    _views: dict[str, Any] | None
 
     def _init(
         self,
@@ -127,6 +145,17 @@ class Message:
         self.body = body
         self._raw = raw
         self.defects = defects
+        self._views = None
+
+    def _memo(self, name: str, read: Callable[[], Any]) -> Any:
+        """A parsed view, computed once (the message never changes; errors are not kept)."""
+        views = self._views
+        if views is None:
+            views = self._views = {}
+        elif name in views:
+            return views[name]
+        value = views[name] = read()
+        return value
 
     # -- bytes
 
@@ -191,38 +220,52 @@ class Message:
 
     @property
     def call_id(self) -> str:
-        return self.single("Call-ID")
+        return str(self._memo("call_id", lambda: self.single("Call-ID")))
 
     @property
     def cseq(self) -> hdr.CSeq:
-        return hdr.parse_cseq(self.single("CSeq"))
+        value: hdr.CSeq = self._memo("cseq", lambda: hdr.parse_cseq(self.single("CSeq")))
+        return value
 
     @property
     def from_(self) -> hdr.NameAddr:
-        return hdr.parse_name_addr(self.single("From"))
+        value: hdr.NameAddr = self._memo("from", lambda: hdr.parse_name_addr(self.single("From")))
+        return value
 
     @property
     def to(self) -> hdr.NameAddr:
-        return hdr.parse_name_addr(self.single("To"))
+        value: hdr.NameAddr = self._memo("to", lambda: hdr.parse_name_addr(self.single("To")))
+        return value
 
     @property
     def vias(self) -> list[hdr.Via]:
-        out: list[hdr.Via] = []
-        for value in self.get_all("Via"):
-            out.extend(hdr.parse_via(value))
-        return out
+        def read() -> tuple[hdr.Via, ...]:
+            out: list[hdr.Via] = []
+            for value in self.get_all("Via"):
+                out.extend(hdr.parse_via(value))
+            return tuple(out)
+
+        return list(self._memo("vias", read))
 
     @property
     def top_via(self) -> hdr.Via:
-        first = self.get("Via")
-        if first is None:
-            raise ParseError("MISSING_HEADER", "Via header is missing")
-        return hdr.parse_via(first)[0]
+        def read() -> hdr.Via:
+            first = self.get("Via")
+            if first is None:
+                raise ParseError("MISSING_HEADER", "Via header is missing")
+            return hdr.parse_via(first)[0]
+
+        value: hdr.Via = self._memo("top_via", read)
+        return value
 
     @property
     def content_type(self) -> hdr.MediaType | None:
-        value = self.get("Content-Type")
-        return None if value is None else hdr.parse_media_type(value)
+        def read() -> hdr.MediaType | None:
+            value = self.get("Content-Type")
+            return None if value is None else hdr.parse_media_type(value)
+
+        found: hdr.MediaType | None = self._memo("content_type", read)
+        return found
 
     @property
     def max_forwards(self) -> int | None:
@@ -258,8 +301,13 @@ class Message:
 
     # -- edits (each returns a new message; untouched lines keep their bytes)
 
+    #: The start-line fields a subclass copies into an edited message.
+    _line_fields: ClassVar[tuple[str, ...]] = ()
+
     def _with(self, headers: tuple[HeaderField, ...], body: bytes | None = None) -> Self:
-        new = copy.copy(self)
+        new = object.__new__(type(self))
+        for name in self._line_fields:
+            setattr(new, name, getattr(self, name))
         new._init(self.start_line, headers, self.body if body is None else body, None, ())
         return new
 
@@ -324,6 +372,7 @@ class Request(Message):
 
     __slots__ = ("method", "uri", "version")
     kind: ClassVar[str] = "request"
+    _line_fields = ("method", "uri", "version")
 
     def __init__(
         self,
@@ -371,6 +420,7 @@ class Response(Message):
 
     __slots__ = ("reason", "status", "version")
     kind: ClassVar[str] = "response"
+    _line_fields = ("status", "reason", "version")
 
     def __init__(
         self,
@@ -523,72 +573,80 @@ def _parse_head(data: bytes | bytearray, limits: Limits, *, start: int = 0) -> _
     lines = head.split(b"\r\n")[:-1]
     start_line = lines[0] + CRLF
     fields: list[HeaderField] = []
-    pending: list[bytes] = []
+    if len(lines) - 1 > limits.max_headers:
+        raise _error(
+            "TOO_MANY_HEADERS",
+            f"more than {limits.max_headers} header fields",
+            i,
+            reason=Reason.TOO_LARGE,
+        )
+    # Group physical lines into logical header lines (folding: a line starting with SP/HT
+    # continues the previous one, RFC 3261 §7.3.1). Most messages fold nothing: fast path.
+    max_line = limits.max_line
     offset = i + len(start_line)
-    pending_offset = offset
-    lineno = 1
-
-    def flush() -> None:
-        raw = b"\r\n".join(pending) + CRLF
-        if len(raw) > limits.max_line:
-            raise _error(
-                "LINE_TOO_LONG",
-                f"header line of {len(raw)} bytes exceeds {limits.max_line}",
-                pending_offset,
-                line=lineno,
-                reason=Reason.TOO_LARGE,
+    if b"\r\n " not in head and b"\r\n\t" not in head:
+        append = fields.append
+        for line in lines[1:]:
+            colon = line.find(b":")
+            name_bytes = line[:colon].rstrip(b" \t") if colon > 0 else b""
+            if colon < 0 or len(line) + 2 > max_line or not _is_token(name_bytes):
+                break  # the careful path below names the fault
+            name = name_bytes.decode("ascii")
+            append(
+                HeaderField(
+                    name,
+                    line[colon + 1 :].strip(b" \t").decode("utf-8", "surrogateescape"),
+                    line + CRLF,
+                    _key(name),
+                )
             )
-        colon = raw.find(b":")
-        if colon < 0:
-            raise _error(
-                "NO_COLON",
-                "header line without ':'",
-                pending_offset,
-                line=lineno,
-                hint="write Name: value",
-            )
-        name_bytes = raw[:colon].rstrip(b" \t")
-        if not name_bytes or not all(b in _TOKEN_BYTES for b in name_bytes):
-            raise _error(
-                "BAD_HEADER_NAME",
-                f"header name {name_bytes[:40]!r} is not a token",
-                pending_offset,
-                line=lineno,
-            )
-        value_bytes = raw[colon + 1 : -2]
-        if len(pending) > 1:
-            value_bytes = _FOLD.sub(b" ", value_bytes)
-        name = name_bytes.decode("ascii")
-        value = value_bytes.strip(b" \t").decode("utf-8", "surrogateescape")
-        fields.append(HeaderField(name, value, raw, canonical_name(name)))
-        if len(fields) > limits.max_headers:
-            raise _error(
-                "TOO_MANY_HEADERS",
-                f"more than {limits.max_headers} header fields",
-                pending_offset,
-                line=lineno,
-                reason=Reason.TOO_LARGE,
-            )
-
+        else:
+            lines = []  # all read
+        if lines:
+            fields.clear()
+    groups: list[tuple[list[bytes], int, int]] = []
     for number, line in enumerate(lines[1:], start=2):
         if line[:1] in (b" ", b"\t"):
-            if not pending:
+            if not groups:
                 raise _error(
                     "FOLD_WITHOUT_HEADER",
                     "continuation line before any header",
                     offset,
                     line=number,
                 )
-            pending.append(line)
+            groups[-1][0].append(line)
         else:
-            if pending:
-                flush()
-            pending = [line]
-            pending_offset = offset
-            lineno = number
+            groups.append(([line], offset, number))
         offset += len(line) + 2
-    if pending:
-        flush()
+    for parts, at, number in groups:
+        raw = parts[0] + CRLF if len(parts) == 1 else b"\r\n".join(parts) + CRLF
+        if len(raw) > max_line:
+            raise _error(
+                "LINE_TOO_LONG",
+                f"header line of {len(raw)} bytes exceeds {max_line}",
+                at,
+                line=number,
+                reason=Reason.TOO_LARGE,
+            )
+        colon = raw.find(b":")
+        if colon < 0:
+            raise _error(
+                "NO_COLON", "header line without ':'", at, line=number, hint="write Name: value"
+            )
+        name_bytes = raw[:colon].rstrip(b" \t")
+        if not _is_token(name_bytes):
+            raise _error(
+                "BAD_HEADER_NAME",
+                f"header name {name_bytes[:40]!r} is not a token",
+                at,
+                line=number,
+            )
+        value_bytes = raw[colon + 1 : -2]
+        if len(parts) > 1:
+            value_bytes = _FOLD.sub(b" ", value_bytes)
+        name = name_bytes.decode("ascii")
+        value = value_bytes.strip(b" \t").decode("utf-8", "surrogateescape")
+        fields.append(HeaderField(name, value, raw, _key(name)))
     lengths = [f for f in fields if f.key == "content-length"]
     content_length: int | None = None
     if len(lengths) > 1:
@@ -655,7 +713,7 @@ def _make(head: _Head, data: bytes, body: bytes, raw: bytes) -> Message:
             hint="RFC 3261 §7.1; RFC 4475 §3.1.2.7-3.1.2.9",
         )
     method, uri, version = parts
-    if not all(b in _TOKEN_BYTES for b in method):
+    if not _is_token(method):
         raise _error("BAD_METHOD", f"method {method[:20]!r} is not a token", head.start)
     if not _VERSION.fullmatch(version):
         raise _error(

@@ -14,6 +14,8 @@ do not allow whitespace inside the brackets (RFC 4475 §3.1.2.13).
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -344,6 +346,7 @@ def _parse_host(text: str, base: int) -> tuple[str, int | None]:
     return host, port
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_uri(text: str, *, base: int = 0) -> Uri:
     """Parse a URI; SIP and SIPS URIs are split into their parts (§19.1.1, §25.1).
 
@@ -611,8 +614,32 @@ def _parse_via_at(cur: _Cursor) -> Via:
     return Via(transport.upper(), host_checked, port, params, protocol, version)
 
 
+_SIMPLE_VIA = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-_]+)(?::([0-9]{1,5}))?((?:;[A-Za-z0-9.\-_!%*+`'~]+"
+    r"(?:=[A-Za-z0-9.\-_!%*+`'~:\[\]]+)?)*)"
+)
+
+
+def _simple_via(value: str) -> Via | None:
+    """The common one-element form without whitespace or quotes, read in one regex match."""
+    match = _SIMPLE_VIA.fullmatch(value)
+    if match is None:
+        return None
+    transport, host, port, params_text = match.groups()
+    if port is not None and int(port) > 65535:
+        return None
+    params: list[tuple[str, str | None]] = []
+    for item in params_text.split(";")[1:]:
+        name, eq, pvalue = item.partition("=")
+        params.append((name, pvalue if eq else None))
+    return Via(transport.upper(), host, None if port is None else int(port), tuple(params))
+
+
 def parse_via(value: str) -> list[Via]:
     """All ``via-parm`` elements of one Via header value (comma-separated, §20.42)."""
+    simple = _simple_via(value)
+    if simple is not None:
+        return [simple]
     out: list[Via] = []
     for item in split_list(value):
         if not item:

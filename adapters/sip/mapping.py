@@ -31,6 +31,7 @@ response -> DeliveryError with ``retryable`` and ``retry_after``), per
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -142,6 +143,7 @@ class BodyRoute:
     body_type: str
 
 
+@functools.lru_cache(maxsize=8192)
 def sip_address(address: str) -> str:
     """A gateway-wide address as a SIP URI (RFC 7247 §6): any scheme is accepted."""
     try:
@@ -390,6 +392,8 @@ class SipMapper:
 
     def body_type_for(self, recipient: str) -> str:
         """The configured body type for ``recipient`` (first matching route wins)."""
+        if not self.routes:
+            return self.default_body_type
         try:
             address = Address.parse(recipient)
         except ParseError:

@@ -149,10 +149,8 @@ def check_response(response: Response) -> str | None:
         if not response.get_all(name):
             return f"response has no {name}"
     try:
-        response.top_via  # noqa: B018
+        response.top_via  # noqa: B018 - needed to match the transaction
         response.cseq  # noqa: B018
-        response.from_  # noqa: B018
-        response.to  # noqa: B018
         value = response.get("Retry-After")
         if value is not None:
             hdr.parse_retry_after(value)
