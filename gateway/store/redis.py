@@ -1060,16 +1060,18 @@ class RedisStore:
         return int(await self._direct("ZCARD", self.prefix + "due"))
 
     async def unclaimed(self) -> int:
-        """Entries in the stream no node has read yet (the group's lag)."""
+        """Entries in the stream no node has read yet. Finished entries are deleted from
+        the stream, so this is its length less what the nodes hold (the group's ``lag``
+        is not kept once entries are deleted)."""
         try:
             groups = await self._direct("XINFO", "GROUPS", self.queue_key)
         except redis_errors.ResponseError:
             return 0
+        length = int(await self._direct("XLEN", self.queue_key))
         for row in groups:
             if _text(row[b"name"]) == GROUP:
-                lag = row.get(b"lag")
-                return int(lag) if lag is not None else 0
-        return 0
+                return max(0, length - int(row[b"pending"]))
+        return length
 
     async def roster(self) -> dict[str, dict[str, Any]]:
         """What each node last wrote about itself (node, beat_at, recovered, stopped_at)."""
