@@ -424,6 +424,11 @@ def check_cross(case: Case, target: Target, bench: Bench) -> Finding:
             return found
     signed = start is not None and start.is_signed and bool(case.trust)
     before = verdict(start, case.trust, now=bench.now) if signed else None
+    if before is not None and case.input.form == "payload":
+        after_first = verdict(first.payload, case.trust, now=bench.now)
+        found = _verdict_difference(journey, f"payload after {target.name}", before, after_first)
+        if found is not None:
+            return found
     onward = first.replace(sender=first.sender, recipient=peer.local)
     native_b, _ = journey.out(peer, onward)
     second = journey.into(peer, native_b)
@@ -437,14 +442,15 @@ def check_cross(case: Case, target: Target, bench: Bench) -> Finding:
             return found
     homeward = origin.replace(payload=second.payload)
     final, wire = journey.out(target, homeward)
+    expected_wire = journey.encode(target, reference)
     if not journey.equal(target, final, reference):
-        expected_wire = journey.encode(target, reference)
         diff = compare_bytes(f"{target.name} native after the round", expected_wire, wire)
         if diff is None:
             diff = Difference("native (equal bytes, unequal objects)", b"", b"")
         return _differs(journey, "native", diff, "not equal under the protocol's equality")
-    note = "; signature verdict unchanged" if before is not None else ""
-    return _exact(journey, f"identical payload at every hop; final native equal{note}")
+    same = "same bytes" if wire == expected_wire else "equal, wire bytes differ"
+    note = "; signature verdict unchanged at every hop" if before is not None else ""
+    return _exact(journey, f"identical payload at every hop; final native {same}{note}")
 
 
 CHECKS: dict[Check, Callable[[Case, Target, Bench], Finding]] = {

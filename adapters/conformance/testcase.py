@@ -112,4 +112,6 @@ class AdapterConformance:
             if conformance_case.peer and conformance_case.peer in suite.peers:
                 missing |= suite.peers[conformance_case.peer].missing(conformance_case.capabilities)
             needs = ", ".join(sorted(c.value for c in missing)) or "a capability"
-            pytest.skip(f"UNSUPPORTED: {suite.target.name} lacks {needs} (loss recorded)")
+            pytest.skip(
+                f"UNSUPPORTED: {suite.target.name} lacks {needs} (loss recorded or refused)"
+            )
