@@ -576,7 +576,7 @@ class SipAdapter(Adapter):
                     Envelope(
                         operation=Operation.AUTHORIZE,
                         sender=presentity,
-                        recipient=subscriber.watcher,
+                        recipient=subscriber.owner or subscriber.watcher,
                         payload=None,
                         identity=identity_of(base.identity, "authorize", str(event.granted)),
                         origin=origin,
@@ -591,7 +591,7 @@ class SipAdapter(Adapter):
                 out.append(
                     base.replace(
                         sender=presentity,
-                        recipient=subscriber.watcher,
+                        recipient=subscriber.owner or subscriber.watcher,
                         payload=payload,
                     )
                 )
@@ -615,12 +615,20 @@ class SipAdapter(Adapter):
         if key in self._subscribers or self._stopped.is_set():
             return
         try:
-            await self._subscribe(old.watcher, old.presentity, old.expires, identity=None)
+            await self._subscribe(
+                old.watcher, old.presentity, old.expires, identity=None, owner=old.owner
+            )
         except GatewayError as exc:
             self.log.warning("re-subscribing %s to %s failed: %s", old.watcher, old.presentity, exc)
 
     async def _subscribe(
-        self, watcher: str, presentity: str, expires: int, *, identity: str | None
+        self,
+        watcher: str,
+        presentity: str,
+        expires: int,
+        *,
+        identity: str | None,
+        owner: str = "",
     ) -> Sent:
         assert self.endpoint is not None
         word = mapping.call_id_word
@@ -631,6 +639,7 @@ class SipAdapter(Adapter):
             watcher=watcher,
             presentity=presentity,
             call_id=call_id,
+            owner=owner,
             local_tag=new_tag(),
             contact=self._contact(self.proxy.transport),
             expires=expires,
@@ -703,7 +712,7 @@ class SipAdapter(Adapter):
                     Envelope(
                         operation=Operation.AUTHORIZE,
                         sender=subscriber.presentity,
-                        recipient=subscriber.watcher,
+                        recipient=subscriber.owner or subscriber.watcher,
                         payload=None,
                         identity=identity_of("sip", subscriber.call_id, "refused"),
                         origin=Origin(adapter=self.name, native_id=subscriber.call_id),
@@ -768,6 +777,7 @@ class SipAdapter(Adapter):
                 mapping.sip_address(envelope.recipient),
                 expires,
                 identity=envelope.identity,
+                owner=envelope.sender,
             )
         if op is Operation.UNSUBSCRIBE:
             return await self._unsubscribe(envelope)

@@ -143,6 +143,8 @@ class Subscriber:
     local_tag: str
     contact: str
     expires: int = DEFAULT_EXPIRES
+    #: the watcher's gateway-wide address (``xmpp:...``) for the envelopes this produces
+    owner: str = ""
     state: SubState = SubState.INIT
     dialog: Dialog | None = None
     expires_at: float | None = None

@@ -409,7 +409,7 @@ async def test_gateway_user_watches_a_sip_user_through_kamailio(stack: Stack) ->
         assert sent.detail.startswith("20")
         granted = await gw.recorder.wait_for(lambda e: e.operation is Operation.AUTHORIZE)
         assert granted.granted is True
-        assert granted.sender == "sip:ivan@sip.test"
+        assert (granted.sender, granted.recipient) == ("sip:ivan@sip.test", "xmpp:alice@xmpp.test")
         state = await gw.recorder.wait_for(
             lambda e: e.operation is Operation.NOTIFY and e.payload is not None
         )
