@@ -1,5 +1,4 @@
-"""The embedded durable store: one SQLite file in WAL mode, written by one thread with
-group commit.
+"""The embedded durable store: one SQLite file in WAL mode, with group commit.
 
 Why this shape:
 
@@ -8,14 +7,17 @@ Why this shape:
   ``synchronous = "full"`` (the default) the WAL is fsynced at every commit, so the
   entry survives a power cut too; ``"normal"`` survives a killed process (``kill -9``)
   but not a power cut, and is faster.
-- **Group commit**: every write goes through one writer thread. It takes all the
-  operations queued while the previous transaction was committing and runs them in a
-  single transaction, so many concurrent ``deliver`` calls share one fsync. Each
-  operation runs under its own SAVEPOINT, so one failing operation fails alone.
+- **Group commit**: every operation is queued to one pump. It runs all the operations
+  queued while the previous transaction was committing in a single transaction, so many
+  concurrent ``deliver`` calls share one fsync. The statements run on the event loop's
+  thread (microseconds each, no locks); only ``COMMIT`` — the fsync — runs in a worker
+  thread. One failing operation fails alone: the batch is then replayed one by one.
 - **The hot path does not read the database**: a serving store keeps the pending,
   unclaimed entries of this node in memory (loaded at :meth:`open`); :meth:`claim` pops
   them from a heap. Once per ``poll_interval`` it rescans the pending ids, so entries the
   operator retried or dropped with ``cpimgw queue`` while the gateway runs are noticed.
+- Completions are not waited for: a delivery recorded in memory is deleted with the next
+  batch; a crash before that only means the message is sent again with its identity.
 """
 
 from __future__ import annotations
@@ -24,9 +26,7 @@ import asyncio
 import heapq
 import json
 import logging
-import queue
 import sqlite3
-import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,103 +192,109 @@ class _Op:
     after: Callable[[Any], None] | None = None
 
 
-class _Writer(threading.Thread):
-    """The one thread that touches the database; batches queued operations per commit."""
+def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
+    """Open the file in WAL mode with the schema in place (the schema version checked)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        _prepare(conn, path, synchronous)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
-    def __init__(self, path: Path, synchronous: Synchronous, loop: asyncio.AbstractEventLoop):
-        super().__init__(name=f"cpimgw-store:{path.name}", daemon=True)
-        self.path = path
+
+def _prepare(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
+    conn.execute("PRAGMA busy_timeout = 10000")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise GatewayError(
+            f"the store {path} cannot use write-ahead logging (journal mode {mode})",
+            reason=Reason.INTERNAL,
+            hint="put the store on a local file system",
+        )
+    conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+    conn.executescript(_SCHEMA)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) != SCHEMA_VERSION:
+        raise GatewayError(
+            f"the store {path} has schema {row[0]}, this cpimgw reads {SCHEMA_VERSION}",
+            reason=Reason.INTERNAL,
+            hint="run the cpimgw version that wrote it, or move the file away",
+        )
+
+
+class _Pump:
+    """Runs queued operations in batches, one transaction per batch (group commit).
+
+    The statements run on the event loop's thread (they are fast and need no locking:
+    only the pump touches the connection); only ``COMMIT`` — where SQLite fsyncs the WAL
+    under ``synchronous = FULL`` — goes to a worker thread, and the operations queued
+    meanwhile form the next batch. One thread hop per batch, no lock ping-pong per row.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, synchronous: Synchronous) -> None:
+        self.conn = conn
         self.synchronous = synchronous
-        self.loop = loop
-        self.ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self.ready = threading.Event()
-        self.error: BaseException | None = None
+        self.ops: list[_Op] = []
+        self.wake = asyncio.Event()
+        self.closing = False
         self.batches = 0
         self.operations = 0
+        self.task: asyncio.Task[None] | None = None
 
-    def run(self) -> None:
-        try:
-            conn = self._connect()
-        except BaseException as exc:  # noqa: BLE001 - reported to open()
-            self.error = exc
-            self.ready.set()
-            return
-        self.ready.set()
-        try:
-            self._serve(conn)
-        finally:
-            conn.close()
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="cpimgw-store")
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise GatewayError(
-                f"the store {self.path} cannot use write-ahead logging (journal mode {mode})",
-                reason=Reason.INTERNAL,
-                hint="put the store on a local file system",
-            )
-        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-        conn.execute("PRAGMA foreign_keys = OFF")
-        conn.executescript(_SCHEMA)
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise GatewayError(
-                f"the store {self.path} has schema {row[0]}, this cpimgw reads {SCHEMA_VERSION}",
-                reason=Reason.INTERNAL,
-                hint="run the cpimgw version that wrote it, or move the file away",
-            )
-        return conn
+    def submit(self, op: _Op) -> None:
+        self.ops.append(op)
+        self.wake.set()
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        stopping = False
-        while not stopping:
-            first = self.ops.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < 4096:
-                try:
-                    nxt = self.ops.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            self._run_batch(conn, batch)
+    async def close(self) -> None:
+        self.closing = True
+        self.wake.set()
+        if self.task is not None:
+            await self.task
+        self.conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not self.ops:
+                if self.closing:
+                    return
+                continue
+            while self.ops:
+                batch, self.ops = self.ops[:4096], self.ops[4096:]
+                _settle(await self._run_batch(batch))
+            if self.closing:
+                self.wake.set()
+
+    async def _run_batch(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
         """One transaction for the whole batch. If an operation fails, the batch is rolled
         back and every operation runs again in a transaction of its own, so one failing
         operation fails alone (the rare path; the common one has no per-operation cost)."""
+        self.batches += 1
+        self.operations += len(batch)
         try:
-            results = self._transaction(conn, batch)
+            return await self._transaction(batch)
         except _OperationError:
-            results = []
+            results: list[tuple[_Op, Any, BaseException | None]] = []
             for op in batch:
                 try:
-                    results += self._transaction(conn, [op])
+                    results += await self._transaction([op])
                 except _OperationError as failed:
                     results.append((op, None, failed.error))
                 except Exception as exc:  # noqa: BLE001 - the commit itself failed
                     results.append((op, None, exc))
+            return results
         except Exception as exc:  # noqa: BLE001 - the commit itself failed: all fail
-            results = [(op, None, exc) for op in batch]
-        self.batches += 1
-        self.operations += len(batch)
-        try:
-            self.loop.call_soon_threadsafe(_settle, results)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            return
+            return [(op, None, exc) for op in batch]
 
-    @staticmethod
-    def _transaction(
-        conn: sqlite3.Connection, batch: list[_Op]
-    ) -> list[tuple[_Op, Any, BaseException | None]]:
+    async def _transaction(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+        conn = self.conn
         results: list[tuple[_Op, Any, BaseException | None]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -297,18 +303,15 @@ class _Writer(threading.Thread):
                     results.append((op, op.fn(conn), None))
                 except Exception as exc:
                     raise _OperationError(exc) from exc
-            conn.execute("COMMIT")
+            if self.synchronous == "full":
+                await asyncio.to_thread(conn.execute, "COMMIT")
+            else:
+                conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return results
-
-
-class _OperationError(Exception):
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -354,7 +357,7 @@ class SqliteStore:
         self.id_ttl = id_ttl
         self.poll_interval = poll_interval
         self.serve = serve
-        self._writer: _Writer | None = None
+        self._pump: _Pump | None = None
         self._ready: dict[str, Entry] = {}
         self._due: list[tuple[float, int, str]] = []
         self._claimed: set[str] = set()
@@ -368,41 +371,40 @@ class SqliteStore:
     @property
     def batches(self) -> int:
         """Transactions committed so far (group commit: fewer than operations)."""
-        return 0 if self._writer is None else self._writer.batches
+        return 0 if self._pump is None else self._pump.batches
 
     @property
     def operations(self) -> int:
         """Operations run so far."""
-        return 0 if self._writer is None else self._writer.operations
+        return 0 if self._pump is None else self._pump.operations
 
     def _submit(
         self, fn: Callable[[sqlite3.Connection], Any], after: Callable[[Any], None] | None = None
     ) -> asyncio.Future[Any]:
-        if self._writer is None:
+        if self._pump is None:
             raise GatewayError(
                 f"the store {self.path} is not open", reason=Reason.INTERNAL, hint="call open()"
             )
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._writer.ops.put(_Op(fn, future, after))
+        self._pump.submit(_Op(fn, future, after))
         return future
 
     async def open(self) -> None:
-        if self._writer is not None:
+        if self._pump is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _Writer(self.path, self.synchronous, asyncio.get_running_loop())
-        writer.start()
-        await asyncio.to_thread(writer.ready.wait)
-        if writer.error is not None:
-            writer.join()
-            if isinstance(writer.error, GatewayError):
-                raise writer.error
+        try:
+            conn = await asyncio.to_thread(connect, self.path, self.synchronous)
+        except GatewayError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
             raise GatewayError(
-                f"cannot open the store {self.path}: {writer.error}",
+                f"cannot open the store {self.path}: {exc}",
                 reason=Reason.INTERNAL,
                 hint="check the [store] path and that the directory is writable",
-            ) from writer.error
-        self._writer = writer
+            ) from exc
+        self._pump = _Pump(conn, self.synchronous)
+        self._pump.start()
         if self.serve:
             rows = await self._submit(
                 lambda c: c.execute(
@@ -413,12 +415,11 @@ class SqliteStore:
                 self._remember(_entry(row))
 
     async def close(self) -> None:
-        writer = self._writer
-        if writer is None:
+        pump = self._pump
+        if pump is None:
             return
-        self._writer = None
-        writer.ops.put(None)
-        await asyncio.to_thread(writer.join)
+        self._pump = None
+        await pump.close()
 
     def _remember(self, entry: Entry) -> None:
         self._ready[entry.id] = entry
@@ -589,7 +590,7 @@ class SqliteStore:
             future.add_done_callback(_log_failure)
 
     def _delete_completed(self, conn: sqlite3.Connection) -> int:
-        """Writer thread: delete every completed entry queued so far."""
+        """Delete every completed entry queued so far (runs in the pump's batch)."""
         self._flush_queued = False  # before draining: a later append queues a new flush
         ids: list[tuple[int]] = []
         while True:
@@ -797,3 +798,11 @@ def _with(entry: Entry, *, next_at: float) -> Entry:
 
 
 __all__ = ["SqliteStore", "Synchronous", "decode_envelope", "encode_envelope"]
+
+
+class _OperationError(Exception):
+    """One operation of a batch failed (carries its own exception)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -277,3 +277,18 @@ def test_store_never_loses_an_acknowledged_envelope_across_reopen(
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(scenario(Path(tmp) / "q.sqlite3"))
+
+
+async def test_sqlite_one_failing_operation_fails_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.sqlite3")
+    await store.open()
+    bad = store._submit(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
+    good = [store.commit(commit_of(str(i))) for i in range(3)]
+    results = await asyncio.gather(bad, *good, return_exceptions=True)
+    await store.close()
+    assert isinstance(results[0], sqlite3.OperationalError)
+    assert all(not r.duplicate for r in results[1:])  # type: ignore[union-attr]
+    again = SqliteStore(tmp_path / "q.sqlite3")
+    await again.open()
+    assert len(await again.entries()) == 3
+    await again.close()
