@@ -42,10 +42,17 @@ _DOCS = {"README.md", "REASONS.md", "manifest.json"}
 
 
 def default_folder() -> Path:
-    """The vectors shipped with cpimgw (``canonical/vectors``)."""
-    import canonical  # noqa: PLC0415 - the package path, not its contents
+    """The vectors shipped with cpimgw (``canonical/vectors``, found by
+    :func:`canonical.vectorset.root`)."""
+    from canonical.vectorset import root  # noqa: PLC0415 - only when the suite is collected
 
-    return Path(canonical.__file__).resolve().parent / "vectors"
+    folder = Path(str(root()))
+    if not folder.is_dir():
+        raise CaseFormatError(
+            "the shipped vectors are not a folder on disk (zipped install?)",
+            source=str(folder),
+        )
+    return folder.resolve()
 
 
 def split_entity(data: bytes) -> tuple[bytes, bytes]:
