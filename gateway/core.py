@@ -55,6 +55,17 @@ IMDN_REQUEST = "imdn.notification"
 REPORT_IMDN = "report.imdn"
 
 
+class RateLimitedError(SecurityError):
+    """A sender's token bucket is empty. ``retry_after`` (seconds) is when the next token
+    is there; adapters send it on (SIP and HTTP ``Retry-After``)."""
+
+    default_reason = Reason.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, hint=f"retry after {retry_after:.1f}s")
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryPolicy:
     """Retries and limits of the delivery loop (``[delivery]`` in the config)."""
@@ -333,10 +344,9 @@ class Gateway:
                 verdict.rate_key, rate=self.rules.rate, burst=self.rules.burst, now=now
             )
             if wait > 0:
-                raise SecurityError(
+                raise RateLimitedError(
                     f"{envelope.sender} sends faster than {self.rules.rate:g}/s",
-                    reason=Reason.RATE_LIMITED,
-                    hint=f"retry after {wait:.1f}s",
+                    retry_after=wait,
                 )
         if op is Operation.MESSAGE:
             self.seen.check(envelope, now)

@@ -81,6 +81,7 @@ async def test_sender_over_its_rate_is_refused_with_a_retry_hint() -> None:
             await xmpp.inject(message(text="3"))
     assert err.value.reason is Reason.RATE_LIMITED
     assert "retry after" in str(err.value)
+    assert err.value.retry_after == pytest.approx(1000.0, rel=0.01)  # type: ignore[attr-defined]
 
 
 async def test_retryable_failures_are_retried_until_delivered() -> None:
