@@ -243,12 +243,16 @@ def render(rows: list[dict[str, object]], markdown: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure, print the table and the targets (issue 2: >= 0.5x and >= 0.2x naive)."""
+    """Measure, print the table and the targets (lenient parse with From/To views >= 0.5x
+    the naive split, strict >= 0.2x, both ahead of stdlib email)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.codec", description=__doc__)
     parser.add_argument(
         "--seconds", type=float, default=4.0, help="time spent per input set (all codecs)"
     )
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is not met (default: report)"
+    )
     args = parser.parse_args(argv)
     print(f"machine: {machine()}")
     rows = run(args.seconds)
@@ -266,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['set']}: {r['codec']} at {ratio:.2f}x naive (target >= {target}x), "
             f"{float(str(r['vs_email'])):.1f}x stdlib email: {'met' if ok else 'NOT MET'}"
         )
-    return 1 if failed else 0
+    return 1 if failed and args.check else 0
 
 
 if __name__ == "__main__":
