@@ -63,7 +63,7 @@ class ParseError(GatewayError, ValueError):
     """Input that does not follow its grammar (RFC 3862 §3.6 for message/cpim).
 
     ``code`` is a stable identifier (``BARE_LF``, ``NO_COLON`` ...; the list is in the
-    vectors README and ``docs/cpim-errors.md``); ``line`` is 1-based and ``offset`` is the
+    vectors README and ``docs/cpim.md``); ``line`` is 1-based and ``offset`` is the
     byte offset of the fault in the parsed data (``None`` when not applicable).
     """
 
