@@ -77,6 +77,7 @@ class _Server:
     tx: ServerTransaction | InviteServerTransaction
     peer: Peer
     link: Link | None
+    reply_to: Peer
     handle: asyncio.TimerHandle | None = None
     when: float | None = None
 
@@ -372,7 +373,7 @@ class Endpoint:
                 pass
             else:
                 return
-        self._transmit(response, response_destination(record.tx.request, record.peer), None, None)
+        self._transmit(response, record.reply_to, None, None)
 
     def _on_garbage(self, peer: Peer, exc: ParseError, data: bytes, link: Link | None) -> None:
         self.count("sip_malformed_total", code=exc.code, transport=peer.transport)
@@ -446,7 +447,7 @@ class Endpoint:
             tx = InviteServerTransaction(request, reliable=reliable, timers=self.timers)
         else:
             tx = ServerTransaction(request, reliable=reliable, timers=self.timers)
-        record = _Server(tx, peer, link)
+        record = _Server(tx, peer, link, response_destination(request, peer))
         self._servers[key] = record
         self.count("sip_requests_received_total", method=request.method)
         incoming = Incoming(request, peer, self, record)
@@ -478,7 +479,7 @@ class Endpoint:
         # §9.2: CANCEL matches the transaction with the same key but the cancelled method.
         for method in ("INVITE", *self.methods):
             target = self._servers.get((*key[:-1], method))
-            if target is not None and target.tx.request.method != "CANCEL":
+            if target is not None and target.tx.key[-1] != "CANCEL":
                 incoming.respond(200, "OK")
                 return
         incoming.respond(481, "Call/Transaction Does Not Exist")

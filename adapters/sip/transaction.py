@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from adapters.sip.codec import Message, Request, Response
+from adapters.sip.codec import Message, Packed, Request, Response
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +209,12 @@ class ServerTransaction:
     def __init__(
         self, request: Request, *, reliable: bool, timers: Timers = DEFAULT_TIMERS
     ) -> None:
-        self.request = request
+        self.request: Message = request
         self.reliable = reliable
         self.timers = timers
         self.key = server_key(request)
         self.state = State.TRYING
-        self.last: Response | None = None
+        self.last: Message | None = None
         self._j_at: float | None = None
 
     @property
@@ -240,6 +240,9 @@ class ServerTransaction:
             return [Transmit(response), Terminated()]
         self.state = State.COMPLETED
         self._j_at = now + self.timers.timeout
+        # only the bytes are needed from now on (Timer J holds this for 64*T1)
+        self.last = Packed(bytes(response))
+        self.request = Packed(bytes(self.request))
         return [Transmit(response)]
 
     def expire(self, now: float) -> list[Action]:
@@ -279,7 +282,7 @@ class InviteServerTransaction:
         self.timers = timers
         self.key = server_key(request)
         self.state = State.PROCEEDING
-        self.last: Response | None = None
+        self.last: Message | None = None
         self._g_at: float | None = None
         self._g_interval = timers.t1
         self._h_at: float | None = None
