@@ -31,7 +31,7 @@ from adapters.contract import (
     Sent,
 )
 from canonical.envelope import Envelope, Operation, Origin, from_record, identity_of, to_record
-from canonical.errors import AdapterError, DeliveryError, GatewayError, Reason
+from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
 
 #: Memory adapters currently running, by link name.
 _LINKS: dict[str, list[MemoryAdapter]] = {}
@@ -73,10 +73,38 @@ class MemoryMapper:
         return json.dumps(to_record(native), sort_keys=True).encode()
 
     def decode(self, data: bytes) -> Envelope:
-        return from_record(json.loads(data))
+        """The envelope a record's bytes hold; ParseError (with the byte offset when the
+        JSON itself is broken) for anything else."""
+        try:
+            record = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise ParseError(
+                "MEMORY_BAD_JSON",
+                f"not a JSON envelope record: {exc.msg}",
+                line=exc.lineno,
+                offset=exc.pos,
+                hint="the memory adapter's wire form is canonical.envelope.to_record as JSON",
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ParseError(
+                "MEMORY_BAD_UTF8", f"not UTF-8: {exc.reason}", offset=exc.start
+            ) from exc
+        if not isinstance(record, dict):
+            raise ParseError("MEMORY_NOT_A_RECORD", "the JSON is not an object", offset=0)
+        try:
+            return from_record(record)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ParseError(
+                "MEMORY_NOT_A_RECORD",
+                f"not an envelope record: {type(exc).__name__}: {exc}",
+                offset=0,
+                hint="every field of canonical.envelope.to_record is needed",
+            ) from exc
 
     def equal(self, a: Envelope, b: Envelope) -> bool:
-        return a == b
+        """Equal but for ``origin`` and ``received_at``, which the receiving side assigns
+        (they describe the arrival, not the message)."""
+        return a.replace(origin=b.origin, received_at=b.received_at) == b
 
     def error_to_native(self, envelope: Envelope, error: GatewayError) -> Envelope:
         """The report telling the sender of ``envelope`` that it failed."""
