@@ -590,6 +590,8 @@ class SipAdapter(Adapter):
                     payload = Payload(event.content_type or PIDF, event.body)
                 out.append(
                     base.replace(
+                        operation=Operation.NOTIFY,
+                        granted=None,
                         sender=presentity,
                         recipient=subscriber.owner or subscriber.watcher,
                         payload=payload,

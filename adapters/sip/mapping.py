@@ -416,7 +416,16 @@ class SipMapper:
         if envelope.operation is Operation.MESSAGE:
             return self._message_from_canonical(envelope, self.body_type_for(envelope.recipient))
         if envelope.operation in (Operation.SUBSCRIBE, Operation.UNSUBSCRIBE):
-            return Mapped(self.subscribe_request(envelope))
+            losses: tuple[Loss, ...] = ()
+            if envelope.operation is Operation.SUBSCRIBE and envelope.duration is None:
+                losses = (
+                    Loss(
+                        "duration",
+                        "SIP subscriptions expire (RFC 6665 §4.1.2): sent with Expires 3600, "
+                        "refreshed by the gateway until cancelled",
+                    ),
+                )
+            return Mapped(self.subscribe_request(envelope), losses)
         if envelope.operation in (Operation.NOTIFY, Operation.AUTHORIZE):
             return Mapped(self.notify_request(envelope))
         raise MappingError(
@@ -667,8 +676,9 @@ class SipMapper:
         self, native: Request, *, origin: Origin, received_at: float
     ) -> Mapped[Envelope]:
         """NOTIFY -> NOTIFY: PIDF (or signed PIDF) bytes untouched, ``subscription.state`` and
-        ``subscription.reason``/``expires`` attributes (RFC 6665 §8.2.3); no body: state
-        unknown (RFC 8048 §5.2.1)."""
+        ``subscription.reason``/``expires`` attributes (RFC 6665 §8.2.3). Without a body,
+        ``active`` is an AUTHORIZE granted and ``terminated;reason=rejected`` one refused
+        (RFC 8048 §5.2-5.3); any other bodyless NOTIFY is state unknown (§5.2.1)."""
         state = native.subscription_state
         attributes: dict[str, str] = {"sip.dialog": native.call_id}
         if state is not None:
@@ -681,8 +691,18 @@ class SipMapper:
         if native.body:
             payload = Payload(native.get("Content-Type") or PIDF, native.body)
         max_forwards, trace = self._hops(native)
+        # RFC 8048 §5.2: a NOTIFY without state that says active is the presentity's
+        # approval; terminated;reason=rejected its refusal (§5.3). Both carry no presence.
+        operation = Operation.NOTIFY
+        granted: bool | None = None
+        if payload is None and state is not None:
+            if state.state == "active":
+                operation, granted = Operation.AUTHORIZE, True
+            elif state.state == "terminated" and state.reason == "rejected":
+                operation, granted = Operation.AUTHORIZE, False
         envelope = Envelope(
-            operation=Operation.NOTIFY,
+            operation=operation,
+            granted=granted,
             sender=_aor(native.from_.uri),
             recipient=_aor(native.to.uri),
             payload=payload,
@@ -708,6 +728,10 @@ class SipMapper:
         headers = self._base_headers(
             envelope, "SUBSCRIBE", to_uri=recipient, from_display=None, to_display=None
         )
+        if envelope.operation is Operation.UNSUBSCRIBE:
+            # an unsubscribe lives in a dialog (RFC 6665 §4.1.2.3): the subscription layer
+            # puts the dialog's tags, Call-ID and CSeq here
+            headers[1] = ("To", f"{headers[1][1]};tag=dialog")
         headers += [
             ("Event", "presence"),
             ("Accept", PIDF),

@@ -449,3 +449,93 @@ def test_equal_ignores_transport_fields_but_not_content() -> None:
     assert not MAPPER.equal(a, a.with_replaced("Subject", "t"))
     response = Response.build(200, "OK", [])
     assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("envelope", "operation", "detail"),
+    [
+        (
+            Envelope(
+                Operation.SUBSCRIBE,
+                "xmpp:a@x.test",
+                "sip:b@sip.test",
+                None,
+                "1" * 32,
+                Origin("xmpp"),
+                duration=600,
+            ),
+            Operation.SUBSCRIBE,
+            600,
+        ),
+        (
+            Envelope(
+                Operation.SUBSCRIBE,
+                "xmpp:a@x.test",
+                "sip:b@sip.test",
+                None,
+                "1" * 32,
+                Origin("xmpp"),
+                duration=0,
+            ),
+            Operation.SUBSCRIBE,
+            0,
+        ),
+        (
+            Envelope(
+                Operation.UNSUBSCRIBE,
+                "xmpp:a@x.test",
+                "sip:b@sip.test",
+                None,
+                "1" * 32,
+                Origin("xmpp"),
+            ),
+            Operation.UNSUBSCRIBE,
+            None,
+        ),
+        (
+            Envelope(
+                Operation.AUTHORIZE,
+                "xmpp:a@x.test",
+                "sip:b@sip.test",
+                None,
+                "1" * 32,
+                Origin("xmpp"),
+                granted=True,
+            ),
+            Operation.AUTHORIZE,
+            True,
+        ),
+        (
+            Envelope(
+                Operation.AUTHORIZE,
+                "xmpp:a@x.test",
+                "sip:b@sip.test",
+                None,
+                "1" * 32,
+                Origin("xmpp"),
+                granted=False,
+            ),
+            Operation.AUTHORIZE,
+            False,
+        ),
+    ],
+)
+def test_subscription_operations_survive_the_wire(
+    envelope: Envelope, operation: Operation, detail: object
+) -> None:
+    mapped = MAPPER.from_canonical(envelope)
+    back = to_canonical(MAPPER.decode(MAPPER.encode(mapped.value)))
+    assert back.operation is operation
+    if operation is Operation.AUTHORIZE:
+        assert back.granted is detail
+    elif operation is Operation.SUBSCRIBE:
+        assert back.duration == detail
+
+
+def test_until_cancelled_subscription_records_the_expires_it_needs() -> None:
+    env = Envelope(
+        Operation.SUBSCRIBE, "xmpp:a@x.test", "sip:b@sip.test", None, "1" * 32, Origin("xmpp")
+    )
+    mapped = MAPPER.from_canonical(env)
+    assert mapped.value.get("Expires") == "3600"
+    assert [loss.field for loss in mapped.losses] == ["duration"]
