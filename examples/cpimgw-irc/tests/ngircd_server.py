@@ -8,6 +8,8 @@ not part of the installed cpimgw): a plugin's tests must run from the plugin alo
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import ipaddress
 import os
 import shutil
 import signal
@@ -19,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 NGIRCD = "/usr/sbin/ngircd"
 CONFIG = """[Global]
@@ -41,6 +47,45 @@ CONFIG = """[Global]
 \tPAM = no
 \tIncludeDir = {confd}
 """
+TLS = """[SSL]
+\tCertFile = {cert}
+\tKeyFile = {key}
+\tPorts = {port}
+"""
+
+
+def write_certificate(folder: Path) -> tuple[Path, Path]:
+    """A throw-away self-signed certificate for 127.0.0.1 (the tests' trust root too)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "irc.example.org")])
+    now = dt.datetime.now(dt.UTC)
+    addresses: list[x509.GeneralName] = [
+        x509.DNSName("irc.example.org"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(addresses), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "ircd.crt", folder / "ircd.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o644)  # ngIRCd reads it as "nobody"; a throw-away test key
+    return cert_path, key_path
 
 
 def free_port() -> int:
@@ -58,6 +103,8 @@ class Ircd:
     name: str
     log_path: Path
     process: subprocess.Popen[bytes]
+    tls_port: int | None = None
+    certificate: Path | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -65,7 +112,7 @@ class Ircd:
 
 @contextlib.contextmanager
 def running_ircd(
-    workdir: Path, name: str = "irc.example.org", port: int | None = None
+    workdir: Path, name: str = "irc.example.org", port: int | None = None, *, tls: bool = False
 ) -> Iterator[Ircd]:
     """Start ngIRCd (``ngircd -n -f CONFIG``), wait until it accepts connections, stop it."""
     binary = shutil.which("ngircd") or (NGIRCD if os.path.exists(NGIRCD) else None)
@@ -75,7 +122,13 @@ def running_ircd(
     (workdir / "conf.d").mkdir(exist_ok=True)
     port = port or free_port()
     config = workdir / "ngircd.conf"
-    config.write_text(CONFIG.format(name=name, port=port, confd=workdir / "conf.d"))
+    text = CONFIG.format(name=name, port=port, confd=workdir / "conf.d")
+    tls_port, certificate = None, None
+    if tls:
+        tls_port = free_port()
+        certificate, key = write_certificate(workdir)
+        text += TLS.format(cert=certificate, key=key, port=tls_port)
+    config.write_text(text)
     config.chmod(0o644)
     workdir.chmod(0o755)
     log_path = workdir / "ngircd.log"
@@ -86,7 +139,7 @@ def running_ircd(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    ircd = Ircd(port, name, log_path, process)
+    ircd = Ircd(port, name, log_path, process, tls_port, certificate)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -311,3 +311,37 @@ async def test_stop_says_quit(ircd: Ircd) -> None:
     await alice.close()
     assert task.done()
     assert "cpimgw stopping" in quit_line.text  # ngIRCd quotes the reason
+
+
+async def test_tls_connection_verifies_the_server_and_carries_messages(tmp_path: Path) -> None:
+    with running_ircd(tmp_path / "tls", tls=True) as server:
+        assert server.tls_port is not None
+        adapter = make_adapter(server.tls_port, tls=True, ca_file=str(server.certificate))
+        gateway = Gateway()
+        alice = await Client.connect(server.port, "alice")  # a plain client, same network
+        async with serving(adapter, gateway):
+            await alice.send("PRIVMSG cpimgw :im:ada@example.com over TLS")
+            envelope = await asyncio.wait_for(gateway.delivered.get(), 10)
+            await adapter.send(message_to("im:alice@irc.example.org", "back over TLS"))
+            line = await alice.expect(lambda line: line.command == "PRIVMSG")
+        await alice.close()
+        log = server.log()
+    assert envelope.recipient == "im:ada@example.com"
+    assert line.text == "<sip:ada@example.net> back over TLS"
+    assert "initialized TLS" in log
+
+
+@pytest.mark.parametrize(("trusted", "server_name"), [(False, None), (True, "wrong.example.org")])
+async def test_unverifiable_server_certificate_is_never_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, trusted: bool, server_name: str | None
+) -> None:
+    with running_ircd(tmp_path / "tls", tls=True) as server:
+        assert server.tls_port is not None
+        ca_file = str(server.certificate) if trusted else None
+        adapter = make_adapter(server.tls_port, tls=True, ca_file=ca_file, server_name=server_name)
+        task = asyncio.create_task(adapter.run(Gateway()))
+        await asyncio.sleep(1.0)
+        assert not adapter.ready()
+        await adapter.stop()
+        await asyncio.wait_for(task, 10)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text

@@ -44,7 +44,9 @@ RETRYABLE = {Reason.UNAVAILABLE, Reason.RATE_LIMITED, Reason.TIMEOUT}
 class IrcConfig(AdapterConfig):
     """``[adapters.NAME]`` for ``kind = "irc"``.
 
-    - ``host``/``port``/``tls``: the IRC server (``tls`` verifies its certificate).
+    - ``host``/``port``/``tls``: the IRC server. With ``tls`` its certificate is verified
+      against ``ca_file`` (PEM trust roots; default: the system store) for the name
+      ``server_name`` (default: ``host``).
     - ``nick``/``username``/``realname``/``password``: the relay bot's registration.
     - ``network``: the host part of IRC users' gateway-wide addresses
       (``im:NICK@NETWORK``); routes send that domain to this adapter.
@@ -56,6 +58,8 @@ class IrcConfig(AdapterConfig):
     host: str = "127.0.0.1"
     port: int = Field(default=6667, ge=1, le=65535)
     tls: bool = False
+    ca_file: str | None = None
+    server_name: str | None = None
     nick: str = Field(default="cpimgw", min_length=1, max_length=30)
     username: str = "cpimgw"
     realname: str = "cpimgw gateway"
@@ -120,7 +124,13 @@ class IrcAdapter(Adapter):
                 backoff = 1.0
             except (OSError, asyncio.IncompleteReadError) as exc:
                 if not self._stopping.is_set():
-                    self.context.logger.warning("irc %s: connection lost: %s", self.name, exc)
+                    self.context.logger.warning(
+                        "irc %s: connection to %s:%s failed or lost: %s",
+                        self.name,
+                        self.settings.host,
+                        self.settings.port,
+                        exc,
+                    )
             finally:
                 self._disconnected()
             if self._stopping.is_set():
@@ -130,9 +140,13 @@ class IrcAdapter(Adapter):
             backoff = min(backoff * 2, self.settings.reconnect_max)
 
     async def _session(self, deliver: Deliver) -> None:
-        context = ssl.create_default_context() if self.settings.tls else None
+        settings = self.settings
+        context = ssl.create_default_context(cafile=settings.ca_file) if settings.tls else None
         reader, writer = await asyncio.open_connection(
-            self.settings.host, self.settings.port, ssl=context
+            settings.host,
+            settings.port,
+            ssl=context,
+            server_hostname=(settings.server_name or settings.host) if context else None,
         )
         self._writer = writer
         self.nick = self.settings.nick
