@@ -403,6 +403,10 @@ class Endpoint:
             self.transports._udp.sendto(head, (peer.host, peer.port))
 
     def _on_message(self, message: Message, peer: Peer, link: Link | None) -> None:
+        for defect in message.defects:
+            # e.g. EXCESS_BYTES: bytes after Content-Length in a datagram, discarded (§18.3)
+            self.count("sip_defects_total", code=defect.code)
+            self.logger.info("SIP message from %s: %s (%s)", peer, defect.detail, defect.code)
         if isinstance(message, Response):
             self._on_response(message, peer)
         elif isinstance(message, Request):

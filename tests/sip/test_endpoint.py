@@ -302,3 +302,13 @@ async def test_many_concurrent_transactions_each_complete(server: Server) -> Non
         assert len(server.received) == 300
     finally:
         await client.close()
+
+
+async def test_bytes_after_content_length_are_discarded_with_a_record(server: Server) -> None:
+    port = server.endpoint.local("UDP").port
+    data = raw("MESSAGE", port, "Content-Type: text/plain", body=b"abc") + b"TRAILING JUNK"
+    answer = await asyncio.to_thread(raw_exchange, port, data)
+    assert answer is not None
+    assert answer.startswith(b"SIP/2.0 202 ")
+    assert server.received[0].body == b"abc"
+    assert server.metrics["sip_defects_total{code=EXCESS_BYTES}"] == 1
