@@ -294,9 +294,11 @@ def check_error(case: Case, target: Target, bench: Bench) -> Finding:
     (RFC 3860 §3.4.1; RFC 7247 §7)."""
     mapper = target.mapper
     if not isinstance(mapper, ErrorMapper):
+        declared = Capability.ERRORS in target.capabilities
         return Finding(
-            "silent" if Capability.ERRORS in target.capabilities else "refused",
-            "the mapper has no error_to_native/error_from_native (adapters.contract.ErrorMapper)",
+            "crashed" if declared else "refused",
+            ("declares 'errors' but " if declared else "")
+            + "the mapper has no error_to_native/error_from_native (adapters.contract.ErrorMapper)",
         )
     reason = Reason(case.input.fields["reason"])
     text = case.input.fields.get("text", f"conformance failure {reason.value}")

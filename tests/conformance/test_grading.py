@@ -190,3 +190,28 @@ def test_cross_case_names_the_hop_that_lost_bytes() -> None:
 def test_properties_can_be_left_out() -> None:
     suite = Suite.collect(target(lb.LoopbackMapper()), properties=False)
     assert not [c for c in suite.cases if c.check is Check.PROPERTY]
+
+
+class _NoErrors:
+    """A mapper without the ErrorMapper methods (wraps the lossless one)."""
+
+    def __init__(self) -> None:
+        inner = lb.LoopbackMapper()
+        self.to_canonical = inner.to_canonical
+        self.from_canonical = inner.from_canonical
+        self.encode = inner.encode
+        self.decode = inner.decode
+        self.equal = inner.equal
+
+
+def test_declaring_errors_without_an_error_mapper_fails() -> None:
+    suite = Suite.collect(target(_NoErrors()), properties=False)  # type: ignore[arg-type]
+    case = next(c for c in suite.cases if c.id == "error/loop")
+    outcome = suite.run_one(case)
+    assert outcome.grade is Grade.FAIL
+    assert "declares 'errors'" in outcome.detail
+    unsupported = Suite.collect(
+        target(_NoErrors(), lb.ALL - {Capability.ERRORS}),
+        properties=False,  # type: ignore[arg-type]
+    )
+    assert unsupported.run_one(case).grade is Grade.UNSUPPORTED
