@@ -317,3 +317,86 @@ async def test_stop_answers_requests_in_flight(peer: Peer, client: Client) -> No
         await stopping
         assert await pending == 202
         assert len(gw.recorder.envelopes) == 1
+
+
+async def test_fetch_subscription_gets_one_notify_with_the_core_answer(peer: Peer) -> None:
+    assert peer.endpoint is not None
+    async with running(config(peer)) as gw:
+        contact = peer.endpoint.local("UDP")
+        fetch = Request.build(
+            "SUBSCRIBE",
+            "sip:carol@xmpp.test",
+            [
+                ("From", "<sip:watcher@sip.test>;tag=w1"),
+                ("To", "<sip:carol@xmpp.test>"),
+                ("Call-ID", "fetch-1"),
+                ("CSeq", "1 SUBSCRIBE"),
+                ("Contact", f"<sip:watcher@127.0.0.1:{contact.port}>"),
+                ("Event", "presence"),
+                ("Expires", "0"),
+            ],
+        )
+        response = await peer.endpoint.request(fetch, gw.adapter.local("UDP"))
+        assert (response.status, response.get("Expires")) == (200, "0")
+        sub = await gw.recorder.wait_for(lambda e: e.operation is Operation.SUBSCRIBE)
+        assert sub.duration == 0
+        pidf = b"<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:carol@xmpp.test'/>"
+        await gw.adapter.send(
+            Envelope(
+                Operation.NOTIFY,
+                sender="xmpp:carol@xmpp.test",
+                recipient="sip:watcher@sip.test",
+                payload=Payload("application/pidf+xml", pidf),
+                identity="9" * 32,
+                origin=Origin("xmpp"),
+            )
+        )
+        notifies = [r for r in peer.received if r.method == "NOTIFY"]
+        assert len(notifies) == 1
+        assert (notifies[0].get("Subscription-State") or "").startswith("terminated")
+        assert notifies[0].body == pidf
+        assert notifies[0].call_id == "fetch-1"
+
+
+async def test_watcher_refresh_and_unsubscribe_in_the_dialog(peer: Peer) -> None:
+    assert peer.endpoint is not None
+    async with running(config(peer)) as gw:
+        contact = peer.endpoint.local("UDP")
+
+        def subscribe(cseq: int, expires: int, to_tag: str | None) -> Request:
+            to = "<sip:carol@xmpp.test>" + (f";tag={to_tag}" if to_tag else "")
+            return Request.build(
+                "SUBSCRIBE",
+                "sip:carol@xmpp.test",
+                [
+                    ("From", "<sip:watcher@sip.test>;tag=w2"),
+                    ("To", to),
+                    ("Call-ID", "refresh-1"),
+                    ("CSeq", f"{cseq} SUBSCRIBE"),
+                    ("Contact", f"<sip:watcher@127.0.0.1:{contact.port}>"),
+                    ("Event", "presence"),
+                    ("Expires", str(expires)),
+                ],
+            )
+
+        first = await peer.endpoint.request(subscribe(1, 600, None), gw.adapter.local("UDP"))
+        assert first.status == 200
+        tag = first.to.tag
+        refreshed = await peer.endpoint.request(subscribe(2, 300, tag), gw.adapter.local("UDP"))
+        assert (refreshed.status, refreshed.get("Expires")) == (200, "300")
+        stale = await peer.endpoint.request(subscribe(2, 300, tag), gw.adapter.local("UDP"))
+        assert stale.status == 500  # CSeq not above the last one (RFC 3261 §12.2.2)
+        left = await peer.endpoint.request(subscribe(3, 0, tag), gw.adapter.local("UDP"))
+        assert left.status == 200
+        await gw.recorder.wait_for(lambda e: e.operation is Operation.UNSUBSCRIBE)
+        gone = await peer.endpoint.request(subscribe(4, 600, tag), gw.adapter.local("UDP"))
+        assert gone.status == 481
+        await asyncio.sleep(0.3)
+        states = [r.get("Subscription-State") or "" for r in peer.received if r.method == "NOTIFY"]
+        assert states[0].startswith("pending")
+        assert states[-1] == "terminated;reason=timeout"
+        assert [e.operation for e in gw.recorder.envelopes] == [
+            Operation.SUBSCRIBE,
+            Operation.SUBSCRIBE,
+            Operation.UNSUBSCRIBE,
+        ]
