@@ -230,7 +230,7 @@ class _Pump:
 
     The statements run on the event loop's thread (they are fast and need no locking:
     only the pump touches the connection); only ``COMMIT`` — where SQLite fsyncs the WAL
-    under ``synchronous = FULL`` — goes to a worker thread, and the operations queued
+    and checkpoints it now and then — goes to a worker thread, and the operations queued
     meanwhile form the next batch. One thread hop per batch, no lock ping-pong per row.
     """
 
@@ -303,10 +303,9 @@ class _Pump:
                     results.append((op, op.fn(conn), None))
                 except Exception as exc:
                     raise _OperationError(exc) from exc
-            if self.synchronous == "full":
-                await asyncio.to_thread(conn.execute, "COMMIT")
-            else:
-                conn.execute("COMMIT")
+            # COMMIT fsyncs (synchronous = FULL) and runs the WAL auto-checkpoint now and
+            # then (either mode): both off the loop.
+            await asyncio.to_thread(conn.execute, "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
