@@ -146,6 +146,10 @@ class AddressMap:
             raise RoutingError(
                 f"{uri!r} has no user part", reason=Reason.UNKNOWN_DESTINATION, hint="add user@"
             )
+        if foreign.host in self.served:
+            # a user of the XMPP server under another scheme (a SIP Request-URI
+            # sip:alice@xmpp.example.com, docs/architecture.md "Addresses"): that user's JID
+            return str(Jid.parse(f"{foreign.user}@{foreign.host}"))
         for jid_domain, target in self.domain_map.items():
             if target.partition(":")[2].lower() == foreign.host:
                 return f"{escape_localpart(foreign.user)}@{jid_domain}"

@@ -355,6 +355,12 @@ def test_addresses_map_both_ways(jid: str, uri: str) -> None:
     assert MAPPER.addresses.to_jid(uri) == jid
 
 
+def test_served_domain_under_another_scheme_is_the_users_own_jid() -> None:
+    # a SIP user answers sip:alice@xmpp.test: that is alice's JID, not an escaped foreign one
+    assert MAPPER.addresses.to_jid("sip:alice@xmpp.test;gr=phone") == "alice@xmpp.test"
+    assert MAPPER.addresses.to_jid("im:carol@XMPP.test") == "carol@xmpp.test"
+
+
 def test_foreign_address_without_map_is_escaped_into_the_component() -> None:
     assert (
         MAPPER.addresses.to_jid("sip:o'neil@example.org")
