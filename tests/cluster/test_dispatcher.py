@@ -1,0 +1,158 @@
+"""Kamailio's dispatcher in front of three SIP adapters (one per gateway node): requests
+for the gateway's domain are spread over the nodes, a node that stops answering the
+OPTIONS probes is taken out and put back when it answers again, and a request that hits
+a dead node before the probe noticed goes on to the next node (no loss, no error)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from adapters.contract import AdapterContext, Receipt
+from adapters.sip.adapter import SipAdapter, SipConfig
+from adapters.sip.codec import Request
+from adapters.sip.endpoint import Endpoint, Incoming
+from adapters.sip.transport import Peer
+from canonical.envelope import Envelope
+from tests.cluster.kamailio import DispatchingKamailio, dispatching_kamailio, node_uri
+from tests.servers.process import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Node:
+    """One gateway node's SIP adapter with a recording ``deliver``."""
+
+    port: int
+    received: list[Envelope] = field(default_factory=list)
+    adapter: SipAdapter | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def __call__(self, envelope: Envelope) -> Receipt:
+        self.received.append(envelope)
+        return Receipt(envelope.identity)
+
+    async def start(self, proxy_port: int) -> None:
+        config = SipConfig.model_validate(
+            {
+                "listen": [
+                    {"transport": "udp", "port": self.port},
+                    {"transport": "tcp", "port": self.port},
+                ],
+                "proxy": f"sip:127.0.0.1:{proxy_port};transport=udp",
+                "domains": ["xmpp.test"],
+            }
+        )
+        context = AdapterContext(
+            gateway_id=f"gw-{self.port}", logger=logging.getLogger("cpimgw.test.cluster")
+        )
+        self.adapter = SipAdapter(f"sip-{self.port}", config, context)
+        self.task = asyncio.create_task(self.adapter.run(self))
+        for _ in range(1000):
+            if self.adapter.ready():
+                return
+            await asyncio.sleep(0.01)
+        raise TimeoutError(f"the SIP adapter on port {self.port} did not get ready")
+
+    async def stop(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.stop()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 10)
+        self.adapter = self.task = None
+
+
+@contextlib.asynccontextmanager
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[DispatchingKamailio, list[Node]]]:
+    nodes = [Node(free_port("udp")) for _ in range(3)]
+    with dispatching_kamailio(
+        tmp_path / "kamailio", nodes=[node_uri(n.port) for n in nodes]
+    ) as kamailio:
+        try:
+            for node in nodes:
+                await node.start(kamailio.port)
+            yield kamailio, nodes
+        finally:
+            for node in nodes:
+                await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def sender() -> AsyncIterator[Endpoint]:
+    async def refuse(incoming: Incoming) -> None:
+        incoming.respond(403, "Forbidden")
+
+    endpoint = Endpoint(handler=refuse, methods=frozenset())
+    await endpoint.listen("UDP", "127.0.0.1", 0)
+    try:
+        yield endpoint
+    finally:
+        await endpoint.close()
+
+
+async def message(endpoint: Endpoint, kamailio: DispatchingKamailio, n: int) -> int:
+    uri = f"sip:user{n % 4}@xmpp.test"
+    request = Request.build(
+        "MESSAGE",
+        uri,
+        [
+            ("From", "<sip:bob@sip.test>;tag=b"),
+            ("To", f"<{uri}>"),
+            ("Call-ID", f"dispatch-{n}"),
+            ("CSeq", "1 MESSAGE"),
+            ("Max-Forwards", "70"),
+            ("Content-Type", "text/plain"),
+        ],
+        f"message {n}".encode(),
+    )
+    response = await endpoint.request(request, Peer("UDP", "127.0.0.1", kamailio.port))
+    return response.status
+
+
+async def until(check: Callable[[], bool], within: float = 15.0) -> None:
+    for _ in range(int(within * 10)):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"not true after {within}s")
+
+
+async def test_dispatcher_spreads_probes_and_fails_over_across_nodes(tmp_path: Path) -> None:
+    async with cluster(tmp_path) as (kamailio, nodes), sender() as endpoint:
+        uris = [node_uri(n.port) for n in nodes]
+        await until(lambda: set(kamailio.states().values()) == {"AP"})
+        statuses = [await message(endpoint, kamailio, n) for n in range(30)]
+        assert statuses == [202] * 30
+        assert [len(n.received) for n in nodes] == [10, 10, 10], "round robin"
+
+        # a node stops: the probes take it out, the others get everything
+        await nodes[1].stop()
+        await until(lambda: kamailio.states()[uris[1]].startswith("I"))
+        before = [len(n.received) for n in nodes]
+        statuses = [await message(endpoint, kamailio, n) for n in range(30, 60)]
+        assert statuses == [202] * 30
+        after = [len(n.received) for n in nodes]
+        assert after[1] == before[1]
+        assert sum(after) - sum(before) == 30
+
+        # a node dies between two probes: the request that meets it goes to the next node
+        await nodes[2].stop()
+        assert kamailio.states()[uris[2]] == "AP"  # not noticed yet
+        statuses = await asyncio.gather(*(message(endpoint, kamailio, n) for n in range(60, 66)))
+        assert statuses == [202] * 6
+        assert "trying the next" in kamailio.log
+
+        # back: the probe answers put the nodes in again
+        await nodes[1].start(kamailio.port)
+        await nodes[2].start(kamailio.port)
+        await until(lambda: set(kamailio.states().values()) == {"AP"})
+        received = {e.identity for n in nodes for e in n.received}
+        assert len(received) == 66, "every message arrived once, whatever node took it"
