@@ -1,0 +1,55 @@
+"""The fuzz targets in CI: every target runs a few seconds under atheris (a new crash, hang
+or memory blow-up fails the test with libFuzzer's report), and every seed and regression
+input is replayed in this process through the same harness (only the documented errors may
+come out). The long run is ``make fuzz`` (``python -m tests.fuzz --seconds N``)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz import TARGETS
+from tests.fuzz.__main__ import REGRESSIONS, fuzz
+
+#: Seconds per target in CI (the documented long run uses minutes).
+CI_SECONDS = 3
+
+
+def regression_inputs() -> list[tuple[str, Path]]:
+    return [
+        (target, path)
+        for target in TARGETS
+        for path in sorted((REGRESSIONS / target).glob("*"))
+        if path.is_file()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "path"), regression_inputs(), ids=lambda v: str(v).split("/")[-1]
+)
+def test_regression_input_gives_only_documented_errors(target: str, path: Path) -> None:
+    harness = importlib.import_module(f"tests.fuzz.{target}")
+    with contextlib.suppress(*harness.ALLOWED):
+        harness.run(path.read_bytes())
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_seeds_give_only_documented_errors(target: str) -> None:
+    harness = importlib.import_module(f"tests.fuzz.{target}")
+    seeds = list(harness.seeds())
+    assert seeds, f"{target} has no seeds"
+    for seed in seeds:
+        with contextlib.suppress(*harness.ALLOWED):
+            harness.run(seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", TARGETS)
+def test_target_survives_a_short_coverage_guided_run(target: str, tmp_path: Path) -> None:
+    outcome = fuzz(target, seconds=CI_SECONDS, timeout=10, rss_limit_mb=1024, work=tmp_path)
+    log = (tmp_path / "logs" / f"{target}.log").read_text()
+    assert outcome.finding is None, f"{outcome.finding}\n{log[-6000:]}"
+    assert outcome.runs > 0, log[-3000:]
