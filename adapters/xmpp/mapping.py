@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,10 @@ from canonical.envelope import (
 from canonical.errors import GatewayError, Loss, MappingError, ParseError, Reason
 from canonical.policy import DEFAULT, Policy
 from canonical.xmldoc import parse_xml
+
+#: RFC 3862 §3.3 / RFC 3066 language tag: an xml:lang that is not one (``en_US``) cannot be
+#: a Subject ``;lang=`` parameter, so that subject travels as an ``xmpp.Element`` instead.
+_LANG_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 
 TEXT_PLAIN = "text/plain; charset=utf-8"
 XMPP_XML = "application/xmpp+xml"  # RFC 3923 §10: XMPP extension elements as an entity
@@ -244,11 +249,23 @@ class XmppMapper:
     def decode(self, data: bytes) -> ET.Element:
         """A stanza from its wire bytes (read as in a stream whose default namespace is
         ``stanza_ns``), through the bounded, DTD-free parser."""
-        text = data.decode("utf-8", "strict")
-        wrapped = f"<stream xmlns='{self.stanza_ns}'>{text}</stream>".encode()
-        root = parse_xml(wrapped, policy=self.policy)
+        prefix = b"<stream xmlns='" + self.stanza_ns.encode() + b"'>"
+        try:
+            # bytes in, bytes to expat: invalid UTF-8 is a well-formedness error (RFC 6120
+            # §11.6), reported with its offset in ``data``, never a UnicodeDecodeError
+            root = parse_xml(prefix + bytes(data) + b"</stream>", policy=self.policy)
+        except ParseError as exc:
+            offset = None if exc.offset is None else max(0, exc.offset - len(prefix))
+            raise ParseError(
+                exc.code, exc.message, line=exc.line, offset=offset, hint=exc.hint
+            ) from None
         if len(root) != 1:
-            raise ParseError("STANZA_COUNT", f"expected one stanza, found {len(root)}")
+            raise ParseError(
+                "STANZA_COUNT",
+                f"expected one stanza, found {len(root)}",
+                offset=0,
+                hint="send exactly one <message/>, <presence/> or <iq/> element",
+            )
         return root[0]
 
     def equal(self, a: ET.Element, b: ET.Element) -> bool:
@@ -298,6 +315,11 @@ class XmppMapper:
                 smime.restore_crlf((parts.e2e.text or "").encode("utf-8"))
             )
             losses.extend(e2e_losses)
+            losses.extend(
+                Loss(f"message/{local(child.tag)}", "child of an <e2e/> stanza not carried")
+                for child in stanza
+                if child is not parts.e2e and namespace(child.tag) != TRACE_NS
+            )
         else:
             payload, native_losses = self.build_payload(
                 stanza, parts, sender, recipient, received_at
@@ -404,6 +426,7 @@ class XmppMapper:
             if (
                 _safe_value(subject.text)
                 and set(subject.attrib) <= {XML_LANG}
+                and _LANG_TAG.fullmatch(subject.get(XML_LANG, "en")) is not None
                 and len(subject) == 0
             ):
                 subjects.append((subject.get(XML_LANG), subject.text or ""))
@@ -549,6 +572,12 @@ class XmppMapper:
                     pass
             if message is not None:
                 stanza = self._readable(message, sender, recipient, envelope)
+        elif "xmpp.e2e" in envelope.attributes:
+            e2e = self._rebuild_e2e(sender, recipient, envelope)
+            if e2e is not None:
+                _add_hops(e2e, envelope)
+                if self._round_trips(e2e, envelope):
+                    return Mapped(e2e, tuple(losses))
         if stanza is None:
             stanza = self._new_stanza(sender, recipient, envelope, None)
             self._readable_secured(stanza, payload)
@@ -570,21 +599,62 @@ class XmppMapper:
         return mapped.value.payload == envelope.payload
 
     def _new_stanza(
-        self, sender: str, recipient: str, envelope: Envelope, message: cpim.CpimMessage | None
+        self,
+        sender: str,
+        recipient: str,
+        envelope: Envelope,
+        message: cpim.CpimMessage | None,
     ) -> ET.Element:
-        """A foreign message's stanza: id from imdn.Message-ID when notifications are asked
-        (so receipts and markers correlate, XEP-0184 §5) else the identity, plus a XEP-0359
-        origin-id carrying the identity; both are the same on every resend."""
-        stanza_id = envelope.identity
-        if message is not None and message.find("Disposition-Notification", IMDN_HEADERS_NS):
-            ids = message.find("Message-ID", IMDN_HEADERS_NS)
-            if ids:
-                stanza_id = ids[0].value
+        """The stanza of a payload carried exactly. Its ``id`` is the native id the envelope
+        carries (``attributes["xmpp.id"]``, for a stanza that came from XMPP: law L2), else
+        the imdn.Message-ID when notifications are asked (so receipts and markers correlate,
+        XEP-0184 §5), else the identity; the XEP-0359 origin-id is the native one, else the
+        identity (none for a native stanza that had none). All are the same on every resend
+        (docs/architecture.md "Identity")."""
+        attributes = envelope.attributes
+        stanza_id = attributes.get("xmpp.id")
+        if stanza_id is None:
+            stanza_id = envelope.identity
+            if message is not None and message.find("Disposition-Notification", IMDN_HEADERS_NS):
+                ids = message.find("Message-ID", IMDN_HEADERS_NS)
+                if ids:
+                    stanza_id = ids[0].value
         stanza = ET.Element(
             f"{{{self.stanza_ns}}}message",
-            {"from": sender, "to": recipient, "type": "chat", "id": stanza_id},
+            {
+                "from": sender,
+                "to": recipient,
+                "type": attributes.get("xmpp.type", "chat"),
+                "id": stanza_id,
+            },
         )
-        ET.SubElement(stanza, f"{{{SID_NS}}}origin-id", {"id": envelope.identity})
+        origin = attributes.get("xmpp.origin-id")
+        if origin is None and "xmpp.id" not in attributes:
+            origin = envelope.identity
+        if origin is not None:
+            ET.SubElement(stanza, f"{{{SID_NS}}}origin-id", {"id": origin})
+        return stanza
+
+    def _rebuild_e2e(self, sender: str, recipient: str, envelope: Envelope) -> ET.Element | None:
+        """The RFC 3923 stanza a secured payload came in as (``xmpp.e2e`` says which text
+        form, RFC 3923 §3 / §6.4), or None when it did not come as one or is not text."""
+        payload = envelope.payload
+        form = envelope.attributes.get("xmpp.e2e")
+        if payload is None or form not in ("crlf", "lf"):
+            return None
+        try:
+            text = payload_to_entity(payload).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not _xml_text_ok(text):
+            return None
+        stanza = self._new_stanza(sender, recipient, envelope, None)
+        ns = envelope.attributes.get("xmpp.e2e-ns", E2E_NS)
+        if ns not in (E2E_NS, E2E_NS_MISPRINT):
+            ns = E2E_NS
+        ET.SubElement(stanza, f"{{{ns}}}e2e").text = (
+            text if form == "crlf" else text.replace("\r\n", "\n")
+        )
         return stanza
 
     def _rebuild_native(self, message: cpim.CpimMessage, sender: str, recipient: str) -> ET.Element:
@@ -777,11 +847,24 @@ class XmppMapper:
 
 
 def _message_attributes(parts: Parts) -> dict[str, str]:
+    """The stanza's own identifiers and form, so that a payload carried exactly (carriage
+    element, ``<e2e/>``) goes back out as the stanza it came in (law L2): ``xmpp.id``,
+    ``xmpp.type``, ``xmpp.origin-id`` (XEP-0359), and for an RFC 3923 stanza ``xmpp.e2e``
+    (``crlf`` when the text kept its CRs as ``&#13;``, ``lf`` for the CDATA form)."""
     attributes: dict[str, str] = {}
-    if "id" in parts.attrs:
-        attributes["xmpp.id"] = parts.attrs["id"]
+    attrs = parts.attrs
+    if "id" in attrs:
+        attributes["xmpp.id"] = attrs["id"]
+    if "type" in attrs:
+        attributes["xmpp.type"] = attrs["type"]
+    if parts.origin_id is not None:
+        attributes["xmpp.origin-id"] = parts.origin_id
     if parts.receipt_request is not None or parts.markable is not None:
-        attributes["imdn.message-id"] = parts.attrs.get("id", "")
+        attributes["imdn.message-id"] = attrs.get("id", "")
+    if parts.carriage is None and parts.e2e is not None:
+        attributes["xmpp.e2e"] = "crlf" if "\r" in (parts.e2e.text or "") else "lf"
+        if parts.e2e.tag != f"{{{E2E_NS}}}e2e":
+            attributes["xmpp.e2e-ns"] = namespace(parts.e2e.tag)
     return attributes
 
 
