@@ -513,17 +513,26 @@ class XmppMapper:
             namespaces.append(("imdn", IMDN_HEADERS_NS))
             extensions.append(("imdn.Message-ID", attrs["id"]))
             extensions.append(("imdn.Disposition-Notification", ", ".join(disposition)))
-        message = cpim.build(
-            sender=cpim.Party(None, _im_uri(sender)),
-            to=[cpim.Party(None, _im_uri(recipient))],
-            subjects=subjects,
-            namespaces=namespaces,
-            extensions=extensions,
-            content_type=content_type,
-            entity_headers=entity_headers,
-            body=body,
-            form="body",
-        )
+        try:
+            message = cpim.build(
+                sender=cpim.Party(None, _im_uri(sender)),
+                to=[cpim.Party(None, _im_uri(recipient))],
+                subjects=subjects,
+                namespaces=namespaces,
+                extensions=extensions,
+                content_type=content_type,
+                entity_headers=entity_headers,
+                body=body,
+                form="body",
+            )
+        except ParseError:
+            raise
+        except ValueError as exc:  # a value message/cpim cannot hold (RFC 3862 §3.6)
+            raise ParseError(
+                "STANZA_UNMAPPABLE",
+                f"the stanza cannot be written as message/cpim: {exc}",
+                hint="check the from/to addresses and the xml:lang values",
+            ) from None
         return Payload(CPIM, bytes(message)), losses
 
     # ------------------------------------------------------------------ canonical -> native
