@@ -40,7 +40,7 @@ from canonical.errors import (
 )
 from gateway.logs import RUNNER, OutcomeLog
 from gateway.metrics import Metrics
-from gateway.presence import Effects, PresenceBook
+from gateway.presence import Effects, PresenceBook, SubscriptionState
 from gateway.routing import RoutingTable, SeenSet, check_hops
 from gateway.security import Rules, judge
 from gateway.store import Commit, Entry, Outbound, Store
@@ -535,7 +535,18 @@ class Gateway:
             reason=final.reason.value,
             error=str(final),
         )
+        if entry.envelope.operation is Operation.SUBSCRIBE:
+            await self._abandon_subscription(entry.envelope, now)
         await self._report(entry.envelope, final)
+
+    async def _abandon_subscription(self, envelope: Envelope, now: float) -> None:
+        """A SUBSCRIBE that never reached the presentity leaves no pending subscription."""
+        sub = self.book.subscription(envelope.sender, envelope.recipient)
+        if sub is None or sub.state is not SubscriptionState.PENDING:
+            return
+        effects = Effects(ended=((sub.watcher, sub.presentity),), note="request undeliverable")
+        await self.store.commit(Commit("", now, ended=effects.ended))
+        self.book.apply(effects)
 
     async def _report(self, envelope: Envelope, error: GatewayError) -> None:
         """Tell the sender, through the adapter it came from; never report a report."""
@@ -591,11 +602,11 @@ class Gateway:
             await asyncio.sleep(pause)
 
     async def settle(self, *, within: float = 10.0) -> None:
-        """Wait until nothing is due or in flight (tests, benchmark)."""
+        """Wait until no entry is pending or in flight: everything delivered or failed
+        (tests, benchmark)."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            due = await self.store.next_due()
-            if not self._inflight and (due is None or due > self.clock()):
+            if not self._inflight and await self.store.next_due() is None:
                 return
             self._wake.set()
             await asyncio.sleep(0.01)

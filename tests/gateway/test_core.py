@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import DeliveryError, GatewayError, Reason, RoutingError, SecurityError
@@ -289,3 +292,53 @@ async def test_presence_handshake_notify_and_restart(tmp_path: Path) -> None:
         [answer] = adapter(again, "xmpp").sent
     assert answer.operation is Operation.NOTIFY
     assert answer.payload == doc
+
+
+async def test_undeliverable_subscribe_leaves_no_pending_subscription() -> None:
+    async with build() as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(
+            DeliveryError("no such presentity", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+        )
+        xmpp = adapter(gw, "xmpp")
+        await xmpp.inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+        await xmpp.wait_sent(1)
+        [(reported, error)] = xmpp.reports
+    assert reported.operation is Operation.SUBSCRIBE
+    assert error.reason is Reason.UNKNOWN_DESTINATION
+    assert gw.book.subscription(W, P) is None
+    assert await gw.store.subscriptions() == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    texts=st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=12),
+    failures=st.lists(st.sampled_from(["retry", "permanent", "crash"]), max_size=15),
+)
+def test_every_accepted_message_is_delivered_once_or_reported_once(
+    texts: list[str], failures: list[str]
+) -> None:
+    """The delivery law: whatever the peer does, each distinct identity that was accepted
+    ends either delivered exactly once or failed and reported to its sender exactly once."""
+
+    async def scenario() -> None:
+        policy = DeliveryPolicy(initial_backoff=0.001, max_backoff=0.002, max_attempts=3)
+        async with build(delivery=policy) as gw:
+            sip, xmpp = adapter(gw, "sip"), adapter(gw, "xmpp")
+            made = {
+                "retry": lambda: DeliveryError("busy", retryable=True),
+                "permanent": lambda: DeliveryError("no", retryable=False),
+                "crash": lambda: RuntimeError("bug"),
+            }
+            sip.fail_next(*(made[f]() for f in failures))
+            for text in texts:  # repeated texts are resends with the same identity
+                await xmpp.inject(message(text=text))
+            await gw.settle(within=20)
+        distinct = {message(text=t).identity for t in texts}
+        delivered = Counter(e.identity for e in sip.sent)
+        reported = Counter(e.identity for e, _ in xmpp.reports)
+        assert set(delivered) | set(reported) == distinct
+        assert not set(delivered) & set(reported)
+        assert all(n == 1 for n in (*delivered.values(), *reported.values()))
+
+    asyncio.run(scenario())
