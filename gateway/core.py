@@ -294,7 +294,19 @@ class Gateway:
                 )
             check_hops(envelope, self.gateway_id)
             batch, effects = await self._plan(envelope, now)
-            accepted = await self.store.commit(batch)
+            try:
+                accepted = await self.store.commit(batch)
+            except GatewayError:
+                raise
+            except Exception as exc:
+                self.log.exception("the store refused a write", extra={"identity": batch.identity})
+                raise DeliveryError(
+                    f"the gateway cannot store messages right now: {exc}",
+                    retryable=True,
+                    reason=Reason.UNAVAILABLE,
+                    hint="send again later; the operator is alerted by the log",
+                    retry_after=5.0,
+                ) from exc
         except GatewayError as exc:
             self.counters.refused += 1
             self.metrics.rejected.labels(adapter, exc.reason.value).inc()

@@ -17,6 +17,7 @@ from gateway.core import REPORT_IMDN, DeliveryPolicy, backoff
 from gateway.routing import Route, RoutingTable
 from gateway.security import Rules
 from gateway.store import EntryState
+from gateway.store.memory import MemoryStore
 from gateway.store.sqlite import SqliteStore
 from tests.gateway.network import adapter, build, until
 from tests.gateway.samples import message
@@ -342,3 +343,19 @@ def test_every_accepted_message_is_delivered_once_or_reported_once(
         assert all(n == 1 for n in (*delivered.values(), *reported.values()))
 
     asyncio.run(scenario())
+
+
+async def test_a_store_that_cannot_write_refuses_with_a_retryable_error() -> None:
+    store = MemoryStore()
+
+    async def full_disk(_batch: object) -> object:
+        raise OSError(28, "No space left on device")
+
+    async with build(store=store) as gw:
+        store.commit = full_disk  # type: ignore[method-assign, assignment]
+        with pytest.raises(DeliveryError) as err:
+            await adapter(gw, "xmpp").inject(message())
+    assert err.value.retryable
+    assert err.value.reason is Reason.UNAVAILABLE
+    assert "No space left on device" in str(err.value)
+    assert adapter(gw, "sip").sent == []
