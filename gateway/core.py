@@ -53,6 +53,8 @@ IMDN_REQUEST = "imdn.notification"
 #: Set on the envelope handed to ``Adapter.report`` when the sender asked for a negative
 #: delivery notification: the adapter sends an IMDN failure in its own protocol.
 REPORT_IMDN = "report.imdn"
+#: Set on messages whose route checks signatures: "valid", "invalid" or "none" (unsigned).
+SIGNATURE = "signature.verdict"
 
 
 class RateLimitedError(SecurityError):
@@ -326,7 +328,13 @@ class Gateway:
         self.counters.accepted += 1
         self.metrics.child(self.metrics.messages_in, adapter, envelope.operation.value).inc()
         self.outcomes.outcome(
-            "accepted", envelope, entries=len(accepted.ids), note=effects.note if effects else None
+            "accepted",
+            envelope,
+            entries=len(accepted.ids),
+            note=effects.note if effects else None,
+            signature=batch.entries[0].envelope.attributes.get(SIGNATURE)
+            if batch.entries
+            else None,
         )
         if accepted.ids:
             self._wake.set()
@@ -362,11 +370,13 @@ class Gateway:
                 )
         if op is Operation.MESSAGE:
             self.seen.check(envelope, now)
-            out = (
-                envelope
-                if resolution.recipient == envelope.recipient
-                else envelope.replace(recipient=resolution.recipient)
-            )
+            changes: dict[str, object] = {}
+            if resolution.recipient != envelope.recipient:
+                changes["recipient"] = resolution.recipient
+            if verdict.signature != "unchecked":
+                # "verify" annotates: the result travels with the envelope (and the logs)
+                changes["attributes"] = {**envelope.attributes, SIGNATURE: verdict.signature}
+            out = envelope.replace(**changes) if changes else envelope
             entry = Outbound(resolution.adapter, out, now + self.delivery.expiry)
             return Commit(envelope.identity, now, (entry,)), None
         if op is Operation.SUBSCRIBE:

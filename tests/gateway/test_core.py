@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import DeliveryError, GatewayError, Reason, RoutingError, SecurityError
-from gateway.core import REPORT_IMDN, DeliveryPolicy, backoff
+from gateway.core import REPORT_IMDN, SIGNATURE, DeliveryPolicy, backoff
 from gateway.routing import Route, RoutingTable
 from gateway.security import Rules
 from gateway.store import EntryState
@@ -358,4 +358,29 @@ async def test_a_store_that_cannot_write_refuses_with_a_retryable_error() -> Non
     assert err.value.retryable
     assert err.value.reason is Reason.UNAVAILABLE
     assert "No space left on device" in str(err.value)
+    assert adapter(gw, "sip").sent == []
+
+
+async def test_verify_policy_annotates_and_counts_but_delivers() -> None:
+    routes = (
+        Route("xmpp.example.com", "xmpp"),
+        Route("sip.example.net", "sip", signatures="verify"),
+    )
+    async with build(routes) as gw:
+        await adapter(gw, "xmpp").inject(message())
+        await adapter(gw, "sip").wait_sent(1)
+    [sent] = adapter(gw, "sip").sent
+    assert sent.attributes[SIGNATURE] == "none"
+    assert gw.metrics.signatures.labels("none")._value.get() == 1
+
+
+async def test_require_policy_refuses_unsigned_through_the_core() -> None:
+    routes = (
+        Route("xmpp.example.com", "xmpp"),
+        Route("sip.example.net", "sip", signatures="require"),
+    )
+    async with build(routes) as gw:
+        with pytest.raises(SecurityError) as err:
+            await adapter(gw, "xmpp").inject(message())
+    assert err.value.reason is Reason.SIGNATURE_INVALID
     assert adapter(gw, "sip").sent == []
