@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from adapters.contract import AdapterContext
-from canonical.errors import GatewayError
+from canonical.errors import ConfigError, GatewayError
 from canonical.policy import DEFAULT
 from gateway import logs
 from gateway.cluster import follow, registry_of, watch
@@ -99,7 +99,15 @@ async def serve(config: Config) -> int:
     if config.settings.metrics.enabled:
         host, port = config.listen()
         health = HealthServer(gateway, host=host, port=port)
-        bound = await health.start()
+        try:
+            bound = await health.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                key="metrics.listen",
+                file=str(config.file),
+                hint="another process uses the port: choose another [metrics] listen",
+            ) from exc
         log.info("health and metrics listening", extra={"listen": f"{host}:{bound}"})
     if config.settings.store.backend == "memory":
         log.warning("the store is in memory: a crash loses every queued message")

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -305,3 +307,25 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(
         assert all(sink.phase[i] == 1 for i in duplicates)
         assert set(duplicates) <= in_flight, "only messages in flight at the kill repeat"
         assert all(n == 2 for n in duplicates.values())
+
+
+def test_run_refuses_a_busy_metrics_port_with_the_key_to_change(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gw.toml"
+        config.write_text(
+            config_text(
+                store=tmp_path / "q.db", inbound=free_port(), sink=free_port(), metrics=port
+            )
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 2
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in done.stderr
