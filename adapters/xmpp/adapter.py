@@ -471,7 +471,9 @@ class XmppAdapter(Adapter):
             self._available.pop(key, None)
 
     async def _write_loop(self) -> None:
-        while True:
+        # Python 3.11's wait_for can swallow a cancellation that races with the barrier's
+        # answer (gh-86296); stopping is checked here so a lost cancel cannot hang run()
+        while not self._stopping:
             await self._outbound_ready.wait()
             if not self._outbound:
                 self._outbound_ready.clear()
