@@ -49,7 +49,7 @@ from gateway.store import Commit, Entry, Outbound, Store
 REPORT_REASON = "report.reason"
 #: Envelope attribute naming requested IMDN notifications (RFC 5438 §6.3 Disposition-
 #: Notification); "negative-delivery" in it asks for a failure notification.
-IMDN_REQUEST = "imdn.notification"
+IMDN_REQUEST = "imdn.disposition-notification"
 #: Set on the envelope handed to ``Adapter.report`` when the sender asked for a negative
 #: delivery notification: the adapter sends an IMDN failure in its own protocol.
 REPORT_IMDN = "report.imdn"

@@ -130,7 +130,7 @@ async def test_final_failure_is_kept_and_reported_to_the_sender_once() -> None:
         )
         xmpp = adapter(gw, "xmpp")
         env = message().replace(
-            attributes={"imdn.notification": "positive-delivery, negative-delivery"}
+            attributes={"imdn.disposition-notification": "positive-delivery, negative-delivery"}
         )
         await xmpp.inject(env)
         await xmpp.wait_sent(1)
