@@ -397,3 +397,87 @@ def test_error_reason_reads_back_from_its_stanza(reason: Reason) -> None:
     read = MAPPER.error_from_native(through_wire(error))
     assert read is not None
     assert read.reason is reason
+
+
+# ---------------------------------------------------------------- wire format
+def test_bytes_that_are_not_utf8_are_a_parse_error_at_their_offset() -> None:
+    with pytest.raises(ParseError) as info:
+        MAPPER.decode(b"<message to='a@b'>\xff</message>")
+    assert info.value.code == "XML_MALFORMED"
+    assert info.value.offset == 18  # the 0xff byte, counted in the caller's bytes
+
+
+def test_two_stanzas_in_one_wire_message_are_refused() -> None:
+    with pytest.raises(ParseError) as info:
+        MAPPER.decode(b"<message/><message/>")
+    assert info.value.code == "STANZA_COUNT"
+
+
+xml_text = st.lists(
+    st.one_of(
+        st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff"),
+        st.sampled_from(["\r", "\n", "\t", "\r\n", "&", "<", ">", "'", '"', "]]>"]),
+    ),
+    max_size=20,
+).map("".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=xml_text, tail=xml_text, value=xml_text)
+def test_serialised_stanza_parses_back_to_the_same_characters(
+    text: str, tail: str, value: str
+) -> None:
+    message = ET.Element(f"{{{NS}}}message", {"to": value, XML_LANG: "en"})
+    child = ET.SubElement(message, "{urn:example:ext}x", {"{urn:example:attr}a": value})
+    child.text = text
+    ET.SubElement(child, "{urn:example:ext}y").tail = tail
+    ET.SubElement(message, f"{{{NS}}}body").text = text
+    back = through_wire(message)
+    assert back.get("to") == value
+    assert back.get(XML_LANG) == "en"
+    assert back[0].get("{urn:example:attr}a") == value
+    assert (back[0].text or "") == text
+    assert (back[0][0].tail or "") == tail
+    assert (back.findtext(f"{{{NS}}}body") or "") == text
+    assert MAPPER.equal(back, message)
+
+
+def test_characters_xml_cannot_carry_are_refused_not_written() -> None:
+    message = ET.Element(f"{{{NS}}}message", {"to": "a@b"})
+    ET.SubElement(message, f"{{{NS}}}body").text = "bell \x07"
+    with pytest.raises(GatewayError) as info:
+        MAPPER.encode(message)
+    assert "U+0007" in str(info.value)
+
+
+# ---------------------------------------------------------------- ids of exactly carried stanzas
+def test_stanza_with_carriage_comes_back_with_its_own_ids() -> None:
+    payload = vector_payload(VECTORS / "cpim" / "valid" / "001-minimal.cpim")
+    first = through_wire(MAPPER.from_canonical(foreign(payload)).value)
+    first.set("id", "client-chosen-id")
+    first.find("{urn:xmpp:sid:0}origin-id").set("id", "client-origin")  # type: ignore[union-attr]
+    env = MAPPER.to_canonical(first, origin=ORIGIN, received_at=0).value
+    assert env.attributes["xmpp.id"] == "client-chosen-id"
+    again = through_wire(MAPPER.from_canonical(env).value)
+    assert MAPPER.equal(again, first)
+
+
+def test_foreign_message_ids_come_from_the_identity_on_every_resend() -> None:
+    payload = vector_payload(VECTORS / "cpim" / "valid" / "001-minimal.cpim")
+    one = MAPPER.from_canonical(foreign(payload)).value
+    two = MAPPER.from_canonical(foreign(payload)).value
+    assert one.get("id") == two.get("id") == "0123456789abcdef0123456789abcdef"
+    origin = one.find("{urn:xmpp:sid:0}origin-id")
+    assert origin is not None
+    assert origin.get("id") == one.get("id")
+
+
+@pytest.mark.parametrize("name", ["s06-xmpp-e2e-charref-cr.xml", "s07-xmpp-e2e-cdata.xml"])
+def test_e2e_stanza_comes_back_in_the_form_it_came_in(name: str) -> None:
+    message = MAPPER.decode((VECTORS / "signed" / name).read_bytes())
+    env = MAPPER.to_canonical(message, origin=ORIGIN, received_at=0).value
+    back = through_wire(MAPPER.from_canonical(env).value)
+    assert back.find(f"{{{CARRIAGE_NS}}}cpim") is None
+    assert MAPPER.equal(back, message)
+    again = MAPPER.to_canonical(back, origin=ORIGIN, received_at=0).value
+    assert again.payload == env.payload
