@@ -30,13 +30,14 @@ import socket
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from canonical.envelope import Payload
-from canonical.errors import ConfigError
+from adapters.contract import Adapter, Capability, Deliver, Mapper, Sent
+from canonical.envelope import Envelope, Payload
+from canonical.errors import ConfigError, DeliveryError, GatewayError, Reason
 from gateway.presence import Effects, LastPresence, PresenceBook, Subscription, SubscriptionState
 
 if TYPE_CHECKING:
@@ -493,12 +494,159 @@ class NodeCollector:
             yield family
 
 
-def watch(gateway: Gateway) -> None:
-    """Add the node's cluster metrics to the gateway's registry (Redis store only)."""
+class Exclusive(Adapter):
+    """Runs the wrapped adapter on one node of the cluster at a time.
+
+    For a network that must see one connection from the gateway however many nodes run:
+    an XMPP component on ejabberd (it accepts several connections for one component
+    domain but hands every stanza, the answers to the adapter's own pings included, to
+    one of them at random) or on Prosody (it refuses the second one). Each node wraps the
+    adapter; the node that holds the Redis lease ``adapter:NAME`` runs it, the others
+    stand by and take over once the holder's lease expires (``[cluster] ttl`` after its
+    last renewal). A node that cannot renew the lease for that long stops its instance
+    first, so two nodes never run it at once.
+
+    A standby is healthy (:meth:`ready`) but does not serve (:meth:`serving`): the store
+    hands this adapter's queue entries only to the node that runs it.
+    """
+
+    kind: ClassVar[str] = "exclusive"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init__(self, inner: Adapter, store: RedisStore) -> None:
+        super().__init__(inner.name, inner.config, inner.context)
+        self.inner = inner
+        self.store = store
+        self.lease_name = f"adapter:{inner.name}"
+        self.holding = False
+        self.takeovers = 0
+        self._stopping = asyncio.Event()
+
+    def declared(self) -> frozenset[Capability]:
+        declared = getattr(self.inner, "declared", None)
+        found: frozenset[Capability] = declared() if callable(declared) else self.inner.capabilities
+        return found
+
+    @property
+    def mapper(self) -> Mapper[Any]:
+        return self.inner.mapper
+
+    def ready(self) -> bool:
+        return self.inner.ready() if self.holding else True
+
+    def serving(self) -> bool:
+        """True while this node runs the adapter and it is connected."""
+        return self.holding and self.inner.ready()
+
+    async def run(self, deliver: Deliver) -> None:
+        timing = self.store.timing
+        while await self._acquire():
+            self.holding = True
+            self.takeovers += 1
+            log.warning("this node now runs adapter %r", self.name, extra={"node": self.store.name})
+            task = asyncio.create_task(self.inner.run(deliver), name=f"exclusive:{self.name}")
+            lost = await self._hold(task, timing)
+            if not lost:  # stopping, or the adapter's run ended by itself
+                if not task.done():
+                    await asyncio.wait({task})
+                self.holding = False
+                with contextlib.suppress(GatewayError):
+                    await self.store.lease("release", self.lease_name, timing.ttl)
+                task.result()
+                return
+            self.holding = False
+            log.error(
+                "lost the lease of adapter %r; stopping it here",
+                self.name,
+                extra={"node": self.store.name},
+            )
+            await self.inner.stop()
+            await asyncio.wait({task}, timeout=timing.ttl)
+            inner = self.inner
+            self.inner = type(inner)(inner.name, inner.config, inner.context)
+
+    async def _acquire(self) -> bool:
+        """Wait for the lease; False when stopping first."""
+        timing = self.store.timing
+        while not self._stopping.is_set():
+            try:
+                if await self.store.lease("acquire", self.lease_name, timing.ttl):
+                    return True
+            except GatewayError as exc:
+                log.warning("cannot ask for the lease of %r: %s", self.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timing.heartbeat / 2)
+        return False
+
+    async def _hold(self, task: asyncio.Task[None], timing: Timing) -> bool:
+        """Renew the lease while the adapter runs; True when it was lost (or could not
+        be renewed for almost ``ttl``: it may be someone else's by then)."""
+        loop = asyncio.get_running_loop()
+        renewed_at = loop.time()
+        while not task.done() and not self._stopping.is_set():
+            await asyncio.wait({task}, timeout=timing.heartbeat)
+            if task.done() or self._stopping.is_set():
+                return False
+            try:
+                if not await self.store.lease("renew", self.lease_name, timing.ttl):
+                    return True
+                renewed_at = loop.time()
+            except GatewayError:
+                if loop.time() - renewed_at >= timing.ttl - timing.heartbeat:
+                    return True
+        return False
+
+    async def send(self, envelope: Envelope) -> Sent:
+        if not self.holding:
+            raise DeliveryError(
+                f"adapter {self.name!r} runs on another node of the cluster",
+                retryable=True,
+                reason=Reason.UNAVAILABLE,
+                hint="the node that holds its lease sends it",
+                retry_after=self.store.timing.heartbeat,
+            )
+        return await self.inner.send(envelope)
+
+    async def report(self, envelope: Envelope, error: GatewayError) -> None:
+        if not self.holding:
+            raise DeliveryError(f"adapter {self.name!r} runs on another node", retryable=True)
+        await self.inner.report(envelope, error)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self.holding:
+            await self.inner.stop()
+
+
+def watch(gateway: Gateway, exclusive: Sequence[str] = ()) -> None:
+    """Make a gateway on the shared store a cluster node: the adapters named in
+    ``exclusive`` run on one node at a time (:class:`Exclusive`), the store hands this
+    node only the entries of adapters it serves now, and the registry gets the node's
+    cluster metrics. Nothing changes on another store."""
     from gateway.store.redis import RedisStore  # noqa: PLC0415 - the store imports this module
 
-    if isinstance(gateway.store, RedisStore):
-        gateway.metrics.registry.register(NodeCollector(gateway.store))
+    store = gateway.store
+    if not isinstance(store, RedisStore):
+        return
+    for name in exclusive:
+        if name not in gateway.adapters:
+            raise ConfigError(
+                f"no adapter {name!r} to run on one node at a time",
+                key="cluster.exclusive",
+                hint=f"name one of: {', '.join(sorted(gateway.adapters))}",
+            )
+        gateway.adapters[name] = Exclusive(gateway.adapters[name], store)
+    adapters = gateway.adapters
+
+    def serving() -> set[str]:
+        return {
+            name
+            for name, adapter in adapters.items()
+            if not isinstance(adapter, Exclusive) or adapter.serving()
+        }
+
+    store.serving = serving
+    gateway.metrics.registry.register(NodeCollector(store))
 
 
 async def follow(gateway: Gateway, settings: Settings) -> BookFollower | None:

@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -83,16 +83,31 @@ GROUP = "nodes"
 REFRESH = "subscription.refresh"
 
 _LIBRARY_CODE = """#!lua name=cpimgw_1
--- Every function takes the key prefix "{namespace}:" as its first argument and the
--- stream as KEYS[1] (declared, so Redis Cluster routes the call to the right slot).
+-- Every function takes the key prefix "{namespace}:" as its first argument and declares
+-- KEYS[1] = "{namespace}:streams" (so Redis Cluster routes the call to the namespace's
+-- slot). The delivery queue is one stream per target adapter, "{namespace}:q:TARGET",
+-- each read through the consumer group "nodes" (one consumer per node name).
 
-local function unqueue(q, P, id, f)
+local function stream(P, target)
+  local q = P .. 'q:' .. target
+  if redis.call('SADD', P .. 'streams', target) == 1 then
+    redis.pcall('XGROUP', 'CREATE', q, 'nodes', '0', 'MKSTREAM')
+  end
+  return q
+end
+
+local function forget_message(P, target, sid)
+  if sid and sid ~= '' then
+    local q = P .. 'q:' .. target
+    redis.call('XACK', q, 'nodes', sid)
+    redis.call('XDEL', q, sid)
+  end
+end
+
+local function unqueue(P, id, f)
   -- forget every trace of entry id (f = state, sid, target) outside its hash
   redis.call('ZREM', P .. 'due', id)
-  if f[2] then
-    redis.call('XACK', q, 'nodes', f[2])
-    redis.call('XDEL', q, f[2])
-  end
+  forget_message(P, f[3], f[2])
   if f[1] == 'pending' then
     redis.call('ZREM', P .. 'pending', id)
     if redis.call('HINCRBY', P .. 'targets', f[3], -1) <= 0 then
@@ -100,13 +115,6 @@ local function unqueue(q, P, id, f)
     end
   elseif f[1] == 'failed' then
     redis.call('ZREM', P .. 'failed', id)
-  end
-end
-
-local function release(q, held)
-  if held ~= '' then
-    redis.call('XACK', q, 'nodes', held)
-    redis.call('XDEL', q, held)
   end
 end
 
@@ -120,7 +128,7 @@ end
 --        n x (target, expires_at, meta, body, guard),
 --        n_subs, n_subs x (field, value), n_ended, n_ended x field, pres_field, pres_value)
 local function commit(keys, a)
-  local q, P = keys[1], a[1]
+  local P = a[1]
   local identity, at = a[2], a[3]
   if identity ~= '' then
     local seen = P .. 'seen:' .. identity
@@ -142,7 +150,7 @@ local function commit(keys, a)
     end
     if fresh then
       local id = tostring(redis.call('INCR', P .. 'seq'))
-      local sid = redis.call('XADD', q, '*', 'id', id, 'at', at)
+      local sid = redis.call('XADD', stream(P, target), '*', 'id', id, 'at', at)
       redis.call('HSET', P .. 'e:' .. id, 'target', target, 'state', 'pending',
         'attempts', '0', 'next_at', at, 'created_at', at, 'expires_at', expires,
         'meta', meta, 'body', body, 'sid', sid)
@@ -173,26 +181,31 @@ end
 local FIELDS = {'state', 'sid', 'target', 'attempts', 'next_at', 'created_at',
   'expires_at', 'last_error', 'meta', 'body'}
 
--- hand out stream messages whose entry is still pending under that message id; ack and
--- delete the others (completed, failed, dropped, or moved by a requeue)
-local function hand_out(q, P, msgs, out)
-  for _, m in ipairs(msgs) do
-    local sid, fields = m[1], m[2]
-    local id = false
-    if fields then
-      for k = 1, #fields, 2 do
-        if fields[k] == 'id' then id = fields[k + 1] end
-      end
+local function entry_of(fields)
+  if fields then
+    for k = 1, #fields, 2 do
+      if fields[k] == 'id' then return fields[k + 1] end
     end
+  end
+  return false
+end
+
+-- hand out messages of stream q whose entry is still pending under that message id;
+-- ack and delete the others (completed, failed, dropped, or queued again meanwhile)
+local function hand_out(q, P, msgs, out)
+  local n = 0
+  for _, m in ipairs(msgs) do
+    local sid, id = m[1], entry_of(m[2])
     local ok = false
     if id then
       local f = redis.call('HMGET', P .. 'e:' .. id, unpack(FIELDS))
       if f[1] == 'pending' and f[2] == sid then
-        local n = #out
-        out[n + 1] = id
-        out[n + 2] = sid
-        for k = 3, 10 do out[n + k] = f[k] end
+        local k = #out
+        out[k + 1] = id
+        out[k + 2] = sid
+        for j = 3, 10 do out[k + j] = f[j] end
         ok = true
+        n = n + 1
       end
     end
     if not ok then
@@ -200,96 +213,111 @@ local function hand_out(q, P, msgs, out)
       redis.call('XDEL', q, sid)
     end
   end
+  return n
 end
 
--- claim(P, me, 'new', now, count, promote_max)   due retries into the stream, then new
--- claim(P, me, 'history', cursor, count)          this node's own pending list (restart)
--- claim(P, me, 'take', min_idle_ms, from, sid...) a dead node's (or own stale) entries
--- -> {cursor, n_read, 10 fields per entry...}
+-- claim(P, me, now, count, promote_max, target...): due retries into their streams, then
+-- up to count new messages from the streams of the targets named ('*': every stream)
+-- -> 10 fields per entry (id, sid, target, attempts, next_at, created_at, expires_at,
+--    last_error, meta, body)
 local function claim(keys, a)
-  local q, P, me, mode = keys[1], a[1], a[2], a[3]
-  local out = {'', 0}
-  if mode == 'new' then
-    local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', a[4], 'LIMIT', 0, a[6])
-    for _, id in ipairs(due) do
-      redis.call('ZREM', P .. 'due', id)
-      local e = P .. 'e:' .. id
-      local f = redis.call('HMGET', e, 'state', 'next_at')
-      if f[1] == 'pending' then
-        redis.call('HSET', e, 'sid', redis.call('XADD', q, '*', 'id', id, 'at', f[2]))
-      end
+  local P, me, now, left = a[1], a[2], a[3], tonumber(a[4])
+  local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT', 0, a[5])
+  for _, id in ipairs(due) do
+    redis.call('ZREM', P .. 'due', id)
+    local e = P .. 'e:' .. id
+    local f = redis.call('HMGET', e, 'state', 'next_at', 'target')
+    if f[1] == 'pending' then
+      redis.call('HSET', e, 'sid', redis.call('XADD', stream(P, f[3]), '*', 'id', id, 'at', f[2]))
     end
-    local r = redis.call('XREADGROUP', 'GROUP', 'nodes', me, 'COUNT', a[5], 'STREAMS', q, '>')
+  end
+  local targets = {}
+  if a[6] == '*' then
+    targets = redis.call('SMEMBERS', P .. 'streams')
+  else
+    for k = 6, #a do
+      if redis.call('SISMEMBER', P .. 'streams', a[k]) == 1 then targets[#targets + 1] = a[k] end
+    end
+  end
+  local out = {}
+  for _, target in ipairs(targets) do
+    if left <= 0 then break end
+    local q = P .. 'q:' .. target
+    local r = redis.call('XREADGROUP', 'GROUP', 'nodes', me, 'COUNT', left, 'STREAMS', q, '>')
     if r then
-      out[2] = #r[1][2]
       hand_out(q, P, r[1][2], out)
-    end
-  elseif mode == 'history' then
-    local r = redis.call('XREADGROUP', 'GROUP', 'nodes', me, 'COUNT', a[5], 'STREAMS', q, a[4])
-    if r then
-      local msgs = r[1][2]
-      out[2] = #msgs
-      if #msgs > 0 then out[1] = msgs[#msgs][1] end
-      hand_out(q, P, msgs, out)
-    end
-  elseif mode == 'take' then
-    local from = a[5]
-    if from ~= me and redis.call('EXISTS', P .. 'node:' .. from) == 1 then
-      return out
-    end
-    local sids = {}
-    for k = 6, #a do sids[#sids + 1] = a[k] end
-    if #sids > 0 then
-      local msgs = redis.call('XCLAIM', q, 'nodes', me, a[4], unpack(sids))
-      out[2] = #msgs
-      hand_out(q, P, msgs, out)
-      if from ~= me and #msgs > 0 then
-        redis.call('HINCRBY', P .. 'roster:' .. me, 'recovered', #msgs)
-      end
+      left = left - #r[1][2]
     end
   end
   return out
 end
 
--- complete(P, id, held_sid)
+-- requeue_claims(P, me, target, from, min_idle_ms, sid...): take the messages of node from
+-- (a dead one, or this node's own unfinished ones) and queue their entries again as new
+-- messages of the stream, for any node that serves the target -> how many
+local function requeue_claims(keys, a)
+  local P, me, target, from = a[1], a[2], a[3], a[4]
+  if from ~= me and redis.call('EXISTS', P .. 'node:' .. from) == 1 then return 0 end
+  local sids = {}
+  for k = 6, #a do sids[#sids + 1] = a[k] end
+  if #sids == 0 then return 0 end
+  local q = P .. 'q:' .. target
+  local n = 0
+  for _, m in ipairs(redis.call('XCLAIM', q, 'nodes', me, a[5], unpack(sids))) do
+    local sid, id = m[1], entry_of(m[2])
+    if id then
+      local e = P .. 'e:' .. id
+      local f = redis.call('HMGET', e, 'state', 'sid', 'next_at')
+      if f[1] == 'pending' and f[2] == sid then
+        redis.call('HSET', e, 'sid', redis.call('XADD', q, '*', 'id', id, 'at', f[3]))
+        n = n + 1
+      end
+    end
+    redis.call('XACK', q, 'nodes', sid)
+    redis.call('XDEL', q, sid)
+  end
+  if from ~= me and n > 0 then
+    redis.call('HINCRBY', P .. 'roster:' .. me, 'recovered', n)
+  end
+  return n
+end
+
+-- complete(P, id, held_target, held_sid)
 local function complete(keys, a)
-  local q, P, id = keys[1], a[1], a[2]
-  release(q, a[3])
+  local P, id = a[1], a[2]
+  forget_message(P, a[3], a[4])
   local e = P .. 'e:' .. id
   local f = redis.call('HMGET', e, 'state', 'sid', 'target')
   if not f[1] then return 0 end
-  unqueue(q, P, id, f)
+  unqueue(P, id, f)
   redis.call('DEL', e)
   return 1
 end
 
--- reschedule(P, id, held_sid, next_at, attempts, error)
+-- reschedule(P, id, held_target, held_sid, next_at, attempts, error)
 local function reschedule(keys, a)
-  local q, P, id = keys[1], a[1], a[2]
-  release(q, a[3])
+  local P, id = a[1], a[2]
+  forget_message(P, a[3], a[4])
   local e = P .. 'e:' .. id
-  local f = redis.call('HMGET', e, 'state', 'sid')
+  local f = redis.call('HMGET', e, 'state', 'sid', 'target')
   if f[1] ~= 'pending' then return 0 end
-  if f[2] and f[2] ~= a[3] then
-    redis.call('XACK', q, 'nodes', f[2])
-    redis.call('XDEL', q, f[2])
-  end
+  if f[2] ~= a[4] then forget_message(P, f[3], f[2]) end
   redis.call('HDEL', e, 'sid')
-  redis.call('HSET', e, 'next_at', a[4], 'attempts', a[5], 'last_error', a[6])
-  redis.call('ZADD', P .. 'due', a[4], id)
+  redis.call('HSET', e, 'next_at', a[5], 'attempts', a[6], 'last_error', a[7])
+  redis.call('ZADD', P .. 'due', a[5], id)
   return 1
 end
 
--- fail(P, id, held_sid, error, now)
+-- fail(P, id, held_target, held_sid, error, now)
 local function fail(keys, a)
-  local q, P, id = keys[1], a[1], a[2]
-  release(q, a[3])
+  local P, id = a[1], a[2]
+  forget_message(P, a[3], a[4])
   local e = P .. 'e:' .. id
   local f = redis.call('HMGET', e, 'state', 'sid', 'target')
   if not f[1] then return 0 end
-  unqueue(q, P, id, f)
+  unqueue(P, id, f)
   redis.call('HDEL', e, 'sid')
-  redis.call('HSET', e, 'state', 'failed', 'last_error', a[4], 'next_at', a[5])
+  redis.call('HSET', e, 'state', 'failed', 'last_error', a[5], 'next_at', a[6])
   redis.call('ZADD', P .. 'failed', id, id)
   return 1
 end
@@ -320,13 +348,13 @@ end
 
 -- drop(P, id...)
 local function drop(keys, a)
-  local q, P = keys[1], a[1]
+  local P = a[1]
   local n = 0
   for k = 2, #a do
     local e = P .. 'e:' .. a[k]
     local f = redis.call('HMGET', e, 'state', 'sid', 'target')
     if f[1] then
-      unqueue(q, P, a[k], f)
+      unqueue(P, a[k], f)
       redis.call('DEL', e)
       n = n + 1
     end
@@ -348,24 +376,34 @@ local function stats(keys, a)
   return out
 end
 
--- next_due(P) -> the earliest due time of an unclaimed pending entry, or false
+-- next_due(P, target...) -> the earliest due time of an entry no node has read, among
+-- the retries and the streams of the targets named ('*': every stream), or false
 local function next_due(keys, a)
-  local q, P = keys[1], a[1]
+  local P = a[1]
   local best = false
   local due = redis.call('ZRANGE', P .. 'due', 0, 0, 'WITHSCORES')
   if due[2] then best = tonumber(due[2]) end
-  if redis.call('EXISTS', q) == 1 then
-    for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do
-      local info = {}
-      for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
-      if info['name'] == 'nodes' then
-        local r = redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
-        if r[1] then
-          local f = r[1][2]
-          for k = 1, #f, 2 do
-            if f[k] == 'at' then
-              local at = tonumber(f[k + 1])
-              if not best or at < best then best = at end
+  local targets = {}
+  if a[2] == '*' then
+    targets = redis.call('SMEMBERS', P .. 'streams')
+  else
+    for k = 2, #a do targets[#targets + 1] = a[k] end
+  end
+  for _, target in ipairs(targets) do
+    local q = P .. 'q:' .. target
+    if redis.call('EXISTS', q) == 1 then
+      for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do
+        local info = {}
+        for k = 1, #g, 2 do info[g[k]] = g[k + 1] end
+        if info['name'] == 'nodes' then
+          local r = redis.call('XRANGE', q, '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+          if r[1] then
+            local f = r[1][2]
+            for k = 1, #f, 2 do
+              if f[k] == 'at' then
+                local at = tonumber(f[k + 1])
+                if not best or at < best then best = at end
+              end
             end
           end
         end
@@ -420,13 +458,41 @@ local function node(keys, a)
   return 'ok'
 end
 
--- retire(P, name): remove a dead consumer that holds nothing from the group
+-- lease(P, mode, name, value, ttl_ms): 'acquire' or renew the lease name for value
+-- -> 1 (held) or 0; 'release' it; 'holder' -> its value or false
+local function lease(keys, a)
+  local P, mode, name, value = a[1], a[2], a[3], a[4]
+  local k = P .. 'lease:' .. name
+  local holder = redis.call('GET', k)
+  if mode == 'holder' then return holder end
+  if mode == 'release' then
+    if holder == value then redis.call('DEL', k) end
+    return 0
+  end
+  if holder == value then
+    redis.call('PEXPIRE', k, a[5])
+    return 1
+  end
+  if not holder and mode == 'acquire' then
+    redis.call('SET', k, value, 'PX', a[5])
+    return 1
+  end
+  return 0
+end
+
+-- retire(P, name): remove a dead node's consumer from every stream where it holds nothing
 local function retire(keys, a)
-  local q, P, name = keys[1], a[1], a[2]
+  local P, name = a[1], a[2]
   if redis.call('EXISTS', P .. 'node:' .. name) == 1 then return 0 end
-  if redis.call('EXISTS', q) == 0 then return 0 end
-  if #redis.call('XPENDING', q, 'nodes', '-', '+', 1, name) > 0 then return 0 end
-  return redis.call('XGROUP', 'DELCONSUMER', q, 'nodes', name)
+  local n = 0
+  for _, target in ipairs(redis.call('SMEMBERS', P .. 'streams')) do
+    local q = P .. 'q:' .. target
+    if redis.call('EXISTS', q) == 1
+        and #redis.call('XPENDING', q, 'nodes', '-', '+', 1, name) == 0 then
+      n = n + redis.call('XGROUP', 'DELCONSUMER', q, 'nodes', name)
+    end
+  end
+  return n
 end
 
 local function register(name, fn, flags)
@@ -434,6 +500,7 @@ local function register(name, fn, flags)
 end
 register('commit', commit, {})
 register('claim', claim, {})
+register('requeue_claims', requeue_claims, {})
 register('complete', complete, {})
 register('reschedule', reschedule, {})
 register('fail', fail, {})
@@ -443,6 +510,7 @@ register('stats', stats, {'no-writes'})
 register('next_due', next_due, {'no-writes'})
 register('take_token', take_token, {})
 register('node', node, {})
+register('lease', lease, {})
 register('retire', retire, {})
 """
 
@@ -649,7 +717,7 @@ class RedisStore:
         self.serve = serve
         self.clock = clock
         self.prefix = f"{{{namespace}}}:"
-        self.queue_key = self.prefix + "q"
+        self.streams_key = self.prefix + "streams"
         self.client: Redis = client or Redis.from_url(
             url,
             retry=Retry(NoBackoff(), 0),  # a blind resend could run a commit twice
@@ -659,11 +727,14 @@ class RedisStore:
         )
         self.node: Node | None = None
         self.recovered = 0
+        #: Which target adapters this node can send to now (None: every one). The runner
+        #: sets it (gateway.cluster.watch): a node then claims only what it can deliver.
+        self.serving: Callable[[], Collection[str]] | None = None
         self._pipe = _Pipeline(
             self.client, url, self._load, replicas=replicas, replica_timeout=replica_timeout
         )
-        self._held: dict[str, str] = {}
-        self._history: str | None = None
+        self._held: dict[str, tuple[str, str]] = {}  # entry id -> (target, message id)
+        self._turn = 0
         self._last_recover = -math.inf
         self._beat_task: asyncio.Task[None] | None = None
         self._open = False
@@ -687,7 +758,7 @@ class RedisStore:
 
     def _fn(self, name: str, *args: Any, wait: bool = False) -> asyncio.Future[Any]:
         return self._pipe.call(
-            "FCALL", f"{LIBRARY}_{name}", 1, self.queue_key, self.prefix, *args, wait=wait
+            "FCALL", f"{LIBRARY}_{name}", 1, self.streams_key, self.prefix, *args, wait=wait
         )
 
     async def _direct(self, *args: Any) -> Any:
@@ -732,11 +803,9 @@ class RedisStore:
                 hint="upgrade Redis, or use Valkey 7.2+",
             )
         await self._load()
-        with contextlib.suppress(redis_errors.ResponseError):  # BUSYGROUP: it exists
-            await self._direct("XGROUP", "CREATE", self.queue_key, GROUP, "0", "MKSTREAM")
         if self.serve:
             await self._join()
-            self._history = "0"
+            await self._take_back()
             self._beat_task = asyncio.create_task(self._beat(), name="cpimgw-store:heartbeat")
         self._open = True
 
@@ -847,16 +916,16 @@ class RedisStore:
 
     def _handed(self, result: Sequence[Any]) -> list[Entry]:
         out = []
-        for i in range(2, len(result), 10):
+        for i in range(0, len(result), 10):
             entry_id, sid, target, attempts, next_at, created, expires, error, meta, body = result[
                 i : i + 10
             ]
-            entry_id = _text(entry_id)
-            self._held[entry_id] = _text(sid)
+            entry_id, target = _text(entry_id), _text(target)
+            self._held[entry_id] = (target, _text(sid))
             out.append(
                 Entry(
                     id=entry_id,
-                    target=_text(target),
+                    target=target,
                     envelope=decode_envelope(_text(meta), body),
                     state=EntryState.PENDING,
                     attempts=int(attempts),
@@ -868,87 +937,115 @@ class RedisStore:
             )
         return out
 
+    def _targets(self) -> list[str] | None:
+        """The targets to read now (None: every stream), in turn first so no target
+        starves another when ``limit`` is reached."""
+        if self.serving is None:
+            return None
+        targets = sorted(self.serving())
+        if not targets:
+            return []
+        self._turn = (self._turn + 1) % len(targets)
+        return targets[self._turn :] + targets[: self._turn]
+
     async def claim(self, now: float, limit: int) -> list[Entry]:
         if not self.serve:
             raise GatewayError("this store was opened for inspection only", reason=Reason.INTERNAL)
-        out: list[Entry] = []
         try:
-            if self._history is not None:
-                result = await self._fn("claim", self.name, "history", self._history, str(limit))
-                self._history = _text(result[0]) or None
-                if int(result[1]) < limit:
-                    self._history = None  # own pending list read to its end
-                out += self._handed(result)
             # heartbeats and idle times are Redis's real time, so is this interval
             tick = time.monotonic()
-            if len(out) < limit and tick - self._last_recover >= self.timing.recover_interval:
+            if tick - self._last_recover >= self.timing.recover_interval:
                 self._last_recover = tick
-                out += await self._recover(limit - len(out))
-            if len(out) < limit:
-                result = await self._fn(
-                    "claim",
-                    self.name,
-                    "new",
-                    _num(now),
-                    str(limit - len(out)),
-                    str(self.promote_batch),
-                )
-                out += self._handed(result)
+                await self._recover()
+            targets = self._targets()
+            # with no target served the call still moves due retries into their streams
+            chosen = ["*"] if targets is None else targets or [""]
+            result = await self._fn(
+                "claim", self.name, _num(now), str(limit), str(self.promote_batch), *chosen
+            )
         except GatewayError as exc:
-            self._warn(exc)  # nothing more to hand out now; what was read is returned
-        return out
+            self._warn(exc)  # nothing to hand out now
+            return []
+        return self._handed(result)
 
-    async def _recover(self, limit: int) -> list[Entry]:
-        """Take the pending entries of dead nodes, and this node's own entries that no
-        task holds any more (a finish that failed on a lost connection)."""
-        consumers = await self.consumers()
-        alive = await self.alive([c.name for c in consumers])
+    async def _take_back(self) -> None:
+        """At start: whatever this node's name still holds (it was killed) goes back into
+        the streams, for whichever node serves each target."""
+        for target in await self.streams():
+            while sids := await self._stale(target, self.name, 0, 500):
+                await self._fn("requeue_claims", self.name, target, self.name, "0", *sids)
+
+    async def _recover(self) -> None:
+        """Queue again the entries dead nodes held, once idle ``claim_idle`` seconds, and
+        this node's own that no task holds any more (a finish lost with a connection)."""
+        per_target = {t: await self._consumers_of(t) for t in await self.streams()}
+        alive = await self.alive(sorted({c.name for cs in per_target.values() for c in cs}))
         idle_ms = int(self.timing.claim_idle * 1000)
-        out: list[Entry] = []
-        for consumer in orphaned(consumers, alive, self.name):
-            if len(out) >= limit:
-                break
-            sids = await self._stale(consumer.name, idle_ms, limit - len(out))
-            if sids:
-                taken = self._handed(
-                    await self._fn("claim", self.name, "take", str(idle_ms), consumer.name, *sids)
+        held = {sid for _, sid in self._held.values()}
+        for target, consumers in per_target.items():
+            for consumer in orphaned(consumers, alive, self.name):
+                sids = await self._stale(target, consumer.name, idle_ms, 1000)
+                if not sids:
+                    continue
+                taken = int(
+                    await self._fn(
+                        "requeue_claims", self.name, target, consumer.name, str(idle_ms), *sids
+                    )
                 )
                 if taken:
                     log.warning(
-                        "took over entries of a dead node",
-                        extra={"node": self.name, "from": consumer.name, "count": len(taken)},
+                        "queued again the entries of a dead node",
+                        extra={"node": self.name, "from": consumer.name, "count": taken},
                     )
-                self.recovered += len(taken)
-                out += taken
-        for name in retired(consumers, alive, self.name):
+                self.recovered += taken
+            own = [s for s in await self._stale(target, self.name, idle_ms, 1000) if s not in held]
+            if own:
+                await self._fn("requeue_claims", self.name, target, self.name, str(idle_ms), *own)
+        for name in retired(_merged(per_target.values()), alive, self.name):
             await self._fn("retire", name)
-        if len(out) < limit:
-            held = set(self._held.values())
-            sids = [s for s in await self._stale(self.name, idle_ms, limit) if s not in held]
-            if sids:
-                out += self._handed(
-                    await self._fn("claim", self.name, "take", str(idle_ms), self.name, *sids)
-                )
-        return out
 
-    async def _stale(self, consumer: str, idle_ms: int, count: int) -> list[str]:
+    async def _stale(self, target: str, consumer: str, idle_ms: int, count: int) -> list[str]:
         try:
             rows = await self.client.xpending_range(
-                self.queue_key, GROUP, "-", "+", count, consumername=consumer, idle=idle_ms
+                self.prefix + "q:" + target,
+                GROUP,
+                "-",
+                "+",
+                count,
+                consumername=consumer,
+                idle=idle_ms,
             )
+        except redis_errors.ResponseError:
+            return []  # the stream or its group is gone
         except _CONNECTION_ERRORS as exc:
             raise unavailable(self.url, exc) from exc
         return [_text(row["message_id"]) for row in rows or ()]
 
-    async def consumers(self) -> list[Consumer]:
-        """The consumer group's members (one per node name that ever claimed work)."""
+    async def streams(self) -> list[str]:
+        """The targets that have a delivery stream."""
+        return sorted(_text(t) for t in await self._direct("SMEMBERS", self.streams_key))
+
+    async def _consumers_of(self, target: str) -> list[Consumer]:
         try:
-            rows = await self._direct("XINFO", "CONSUMERS", self.queue_key, GROUP)
+            rows = await self._direct("XINFO", "CONSUMERS", self.prefix + "q:" + target, GROUP)
         except redis_errors.ResponseError:
-            return []  # no stream or group yet
+            return []
         return [
             Consumer(_text(row[b"name"]), int(row[b"pending"]), int(row[b"idle"])) for row in rows
         ]
+
+    async def claims(self) -> dict[str, dict[str, int]]:
+        """Entries each node holds, by target: ``{node: {target: count}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for target in await self.streams():
+            for consumer in await self._consumers_of(target):
+                if consumer.pending:
+                    out.setdefault(consumer.name, {})[target] = consumer.pending
+        return out
+
+    async def consumers(self) -> list[Consumer]:
+        """Every node that ever claimed work, over all streams (pending summed)."""
+        return _merged([await self._consumers_of(t) for t in await self.streams()])
 
     async def alive(self, names: Sequence[str]) -> set[str]:
         """Which of ``names`` have a live heartbeat."""
@@ -958,28 +1055,42 @@ class RedisStore:
         return {n for n, v in zip(names, values, strict=True) if v is not None}
 
     async def next_due(self) -> float | None:
+        targets = self._targets()
         try:
-            found = await self._fn("next_due")
+            found = await self._fn("next_due", *(["*"] if targets is None else targets))
         except GatewayError as exc:
             self._warn(exc)
             return None
         return None if found is None else float(found)
 
     async def complete(self, entry_id: str) -> None:
-        await self._fn("complete", entry_id, self._held.pop(entry_id, ""))
+        await self._fn("complete", entry_id, *self._held.pop(entry_id, ("", "")))
 
     async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
         await self._fn(
             "reschedule",
             entry_id,
-            self._held.pop(entry_id, ""),
+            *self._held.pop(entry_id, ("", "")),
             _num(next_at),
             str(attempts),
             error,
         )
 
     async def fail(self, entry_id: str, *, error: str, now: float) -> None:
-        await self._fn("fail", entry_id, self._held.pop(entry_id, ""), error, _num(now))
+        await self._fn("fail", entry_id, *self._held.pop(entry_id, ("", "")), error, _num(now))
+
+    # -- leases: one node at a time runs an adapter ------------------------------------
+
+    async def lease(self, mode: str, name: str, ttl: float) -> bool:
+        """``acquire`` (or renew) the lease ``name`` for this node, ``renew`` it only if
+        held, or ``release`` it; True while this node holds it."""
+        assert self.node is not None, "leases need a serving store"
+        held = await self._fn("lease", mode, name, self.node.encode(), str(int(ttl * 1000)))
+        return bool(held)
+
+    async def lease_holder(self, name: str) -> Node | None:
+        found = await self._fn("lease", "holder", name, "", "0")
+        return None if found is None else Node.decode(found)
 
     async def _ids(self, state: EntryState, limit: int) -> list[int]:
         key = self.prefix + ("pending" if state is EntryState.PENDING else "failed")
@@ -1060,18 +1171,20 @@ class RedisStore:
         return int(await self._direct("ZCARD", self.prefix + "due"))
 
     async def unclaimed(self) -> int:
-        """Entries in the stream no node has read yet. Finished entries are deleted from
-        the stream, so this is its length less what the nodes hold (the group's ``lag``
-        is not kept once entries are deleted)."""
-        try:
-            groups = await self._direct("XINFO", "GROUPS", self.queue_key)
-        except redis_errors.ResponseError:
-            return 0
-        length = int(await self._direct("XLEN", self.queue_key))
-        for row in groups:
-            if _text(row[b"name"]) == GROUP:
-                return max(0, length - int(row[b"pending"]))
-        return length
+        """Entries in the streams no node has read yet. Finished entries are deleted from
+        the streams, so this is their length less what the nodes hold (the group's
+        ``lag`` is not kept once entries are deleted)."""
+        total = 0
+        for target in await self.streams():
+            key = self.prefix + "q:" + target
+            try:
+                groups = await self._direct("XINFO", "GROUPS", key)
+            except redis_errors.ResponseError:
+                continue
+            length = int(await self._direct("XLEN", key))
+            held = sum(int(g[b"pending"]) for g in groups if _text(g[b"name"]) == GROUP)
+            total += max(0, length - held)
+        return total
 
     async def roster(self) -> dict[str, dict[str, Any]]:
         """What each node last wrote about itself (node, beat_at, recovered, stopped_at)."""
@@ -1147,7 +1260,7 @@ class RedisStore:
                 "FCALL",
                 f"{LIBRARY}_take_token",
                 1,
-                self.queue_key,
+                self.streams_key,
                 self.prefix,
                 key,
                 _num(rate),
@@ -1160,13 +1273,27 @@ class RedisStore:
 
     async def maintain(self, now: float) -> None:
         """Dedup marks, id mappings and buckets expire by themselves (TTL); what is left
-        is removing dead nodes that hold nothing from the consumer group."""
+        is removing dead nodes that hold nothing from the consumer groups."""
         if not self.serve:
             return
         consumers = await self.consumers()
         alive = await self.alive([c.name for c in consumers])
         for name in retired(consumers, alive, self.name):
             await self._fn("retire", name)
+
+
+def _merged(groups: Iterable[Sequence[Consumer]]) -> list[Consumer]:
+    """One consumer per name over several streams: pending summed, the shortest idle."""
+    merged: dict[str, Consumer] = {}
+    for consumers in groups:
+        for c in consumers:
+            seen = merged.get(c.name)
+            merged[c.name] = (
+                c
+                if seen is None
+                else Consumer(c.name, seen.pending + c.pending, min(seen.idle_ms, c.idle_ms))
+            )
+    return sorted(merged.values(), key=lambda c: c.name)
 
 
 def _running(pid: int) -> bool:

@@ -15,9 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.contract import AdapterContext, Receipt
+from adapters.memory import MemoryAdapter, MemoryConfig
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload
 from canonical.errors import DeliveryError, GatewayError, Reason
-from gateway.cluster import BookFollower, Timing
+from gateway.cluster import BookFollower, Exclusive, Timing
 from gateway.presence import LastPresence, PresenceBook, Subscription, SubscriptionState
 from gateway.store import Commit, EntryState, Outbound
 from gateway.store.redis import REFRESH, RedisStore
@@ -58,6 +60,17 @@ async def kill(store: RedisStore) -> None:
     store._beat_task = None
     store._open = False
     await store.client.aclose()
+
+
+class Recorder:
+    """A ``deliver`` that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Envelope] = []
+
+    async def __call__(self, envelope: Envelope) -> Receipt:
+        self.envelopes.append(envelope)
+        return Receipt(envelope.identity)
 
 
 def commit_of(text: str, at: float = 1000.0, target: str = "sip") -> Commit:
@@ -452,3 +465,107 @@ def test_no_acknowledged_entry_is_lost_whichever_nodes_die(
         await survivor.close()
 
     asyncio.run(scenario(f"prop-{uuid.uuid4().hex[:12]}"))
+
+
+# -- nodes serve some targets; some adapters run on one node at a time ------------------
+
+
+async def test_a_node_claims_only_the_targets_it_serves(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    a.serving = lambda: {"sip"}
+    b.serving = lambda: {"xmpp"}
+    for i in range(6):
+        await a.commit(commit_of(str(i), target="sip" if i % 2 else "xmpp"))
+    assert {e.target for e in await a.claim(1000.0, 100)} == {"sip"}
+    assert {e.target for e in await b.claim(1000.0, 100)} == {"xmpp"}
+    assert len(a._held) == len(b._held) == 3
+
+
+async def test_a_dead_nodes_entries_go_to_nodes_that_serve_their_targets(make: Make) -> None:
+    a, b, c = make("a"), make("b"), make("c")
+    for store in (a, b, c):
+        await store.open()
+    for i in range(6):
+        await a.commit(commit_of(str(i), target="sip" if i % 2 else "xmpp"))
+    assert len(await a.claim(1000.0, 100)) == 6
+    await kill(a)
+    b.serving = lambda: {"sip"}
+    c.serving = lambda: {"xmpp"}
+    got: dict[str, list[str]] = {"b": [], "c": []}
+    for _ in range(60):
+        await asyncio.sleep(0.05)
+        got["b"] += [e.target for e in await b.claim(1000.0, 100)]
+        got["c"] += [e.target for e in await c.claim(1000.0, 100)]
+        if len(got["b"]) + len(got["c"]) == 6:
+            break
+    assert got == {"b": ["sip"] * 3, "c": ["xmpp"] * 3}
+    assert b.recovered + c.recovered == 6
+
+
+def memory_adapter() -> MemoryAdapter:
+    return MemoryAdapter("mem", MemoryConfig(), AdapterContext(gateway_id="gw"))
+
+
+async def until_true(check: Callable[[], bool], within: float = 5.0) -> bool:
+    for _ in range(int(within / 0.02)):
+        if check():
+            return True
+        await asyncio.sleep(0.02)
+    return check()
+
+
+async def test_an_exclusive_adapter_runs_on_one_node_and_moves_when_it_dies(make: Make) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    on_a, on_b = Exclusive(memory_adapter(), a), Exclusive(memory_adapter(), b)
+    deliver = Recorder()
+    run_a = asyncio.create_task(on_a.run(deliver))
+    await until_true(lambda: on_a.holding)
+    run_b = asyncio.create_task(on_b.run(deliver))
+    await asyncio.sleep(FAST.ttl * 2)
+    assert (on_a.holding, on_b.holding) == (True, False)
+    assert on_b.ready()
+    assert not on_b.serving()
+    with pytest.raises(DeliveryError, match="runs on another node"):
+        await on_b.send(message(text="x"))
+    holder = await b.lease_holder("adapter:mem")
+    assert holder is not None
+    assert holder.name == "a"
+    # a dies: no release, no renewal; b takes over once the lease has expired
+    run_a.cancel()
+    await kill(a)
+    with contextlib.suppress(asyncio.CancelledError):
+        await run_a
+    started = asyncio.get_running_loop().time()
+    assert await until_true(lambda: on_b.holding, within=FAST.ttl * 4)
+    took = asyncio.get_running_loop().time() - started
+    assert took <= FAST.ttl + FAST.heartbeat * 2
+    assert on_b.serving()
+    await on_b.stop()
+    await asyncio.wait_for(run_b, 5)
+    assert await b.lease_holder("adapter:mem") is None, "a clean stop gives the lease back"
+
+
+async def test_a_node_that_cannot_renew_its_lease_stops_the_adapter(
+    make: Make, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        a = make("a", url=server.url)
+        await a.open()
+        on_a = Exclusive(memory_adapter(), a)
+        run = asyncio.create_task(on_a.run(Recorder()))
+        assert await until_true(lambda: on_a.holding)
+        first = on_a.inner
+        server.kill()  # no renewals from here: another node could have the lease soon
+        assert await until_true(lambda: not on_a.holding, within=FAST.ttl * 3)
+        assert on_a.inner is not first, "a fresh instance waits for the lease again"
+        server.start()
+        assert await until_true(lambda: on_a.holding, within=FAST.ttl * 6)
+        await on_a.stop()
+        await asyncio.wait_for(run, 5)
+    finally:
+        server.stop()
