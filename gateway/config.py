@@ -86,6 +86,8 @@ class ClusterSection(_Section):
     claim_idle: Duration = 60.0
     recover_interval: Duration = 5.0
     resync: Duration = 300.0
+    # adapters that must run on one node at a time (e.g. an XMPP component): a Redis lease
+    exclusive: list[str] = []
 
 
 class DeliverySection(_Section):

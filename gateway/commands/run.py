@@ -88,7 +88,7 @@ def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
         metrics=metrics,
         outcomes=OutcomeLog(settings.logging.trace),
     )
-    watch(gateway)  # per-node cluster metrics on a shared store
+    watch(gateway, settings.cluster.exclusive)  # a cluster node on a shared store
     return gateway
 
 
