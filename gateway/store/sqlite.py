@@ -14,8 +14,9 @@ Why this shape:
   thread. One failing operation fails alone: the batch is then replayed one by one.
 - **The hot path does not read the database**: a serving store keeps the pending,
   unclaimed entries of this node in memory (loaded at :meth:`open`); :meth:`claim` pops
-  them from a heap. Once per ``poll_interval`` it rescans the pending ids, so entries the
-  operator retried or dropped with ``cpimgw queue`` while the gateway runs are noticed.
+  them from a heap. Once per ``poll_interval`` it reads a counter that ``cpimgw queue
+  retry|drop`` bumps, and rescans the pending ids only when it moved, so what the operator
+  changed while the gateway runs is noticed without scanning a large queue every second.
 - Completions are not waited for: a delivery recorded in memory is deleted with the next
   batch; a crash before that only means the message is sent again with its identity.
 """
@@ -313,6 +314,19 @@ class _Pump:
         return results
 
 
+def _mark_changed(conn: sqlite3.Connection) -> None:
+    """Count an operator change (retry, drop), so serving stores know to rescan."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('operator-changes', '1') ON CONFLICT (key)"
+        " DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    )
+
+
+def _changes(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'operator-changes'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logging.getLogger("cpimgw.store").error(
@@ -362,6 +376,7 @@ class SqliteStore:
         self._claimed: set[str] = set()
         self._buckets = Buckets()
         self._last_scan = 0.0
+        self._seen_changes: int | None = None  # operator change counter at the last rescan
         self._completed: deque[int] = deque()  # appended on the loop, drained by the writer
         self._flush_queued = False
 
@@ -412,6 +427,7 @@ class SqliteStore:
             )
             for row in rows:
                 self._remember(_entry(row))
+            self._seen_changes = await self._submit(_changes)
 
     async def close(self) -> None:
         pump = self._pump
@@ -508,7 +524,10 @@ class SqliteStore:
             raise GatewayError("this store was opened for inspection only", reason=Reason.INTERNAL)
         if now - self._last_scan >= self.poll_interval:
             self._last_scan = now
-            await self._rescan()
+            changed = await self._submit(_changes)
+            if changed != self._seen_changes:
+                self._seen_changes = changed
+                await self._rescan()
         out: list[Entry] = []
         while self._due and self._due[0][0] <= now and len(out) < limit:
             next_at, _, entry_id = heapq.heappop(self._due)
@@ -660,6 +679,7 @@ class SqliteStore:
                 f" WHERE id IN ({marks})",
                 [now, *chosen],
             )
+            _mark_changed(conn)
             return conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE id IN ({marks})",  # noqa: S608
                 chosen,
@@ -686,6 +706,7 @@ class SqliteStore:
                 cur = conn.execute("DELETE FROM queue WHERE state = ?", (state.value,))
             else:
                 cur = conn.execute("DELETE FROM queue")
+            _mark_changed(conn)
             return int(cur.rowcount)
 
         def after(_: int) -> None:
@@ -771,15 +792,27 @@ class SqliteStore:
         """Buckets live in this node's memory: one SQLite store serves one node."""
         return self._buckets.take(key, rate=rate, burst=burst, now=now)
 
-    async def maintain(self, now: float) -> None:
+    async def maintain(self, now: float, *, chunk: int = 5000) -> None:
+        """Forget identities past the dedup window and old id mappings, ``chunk`` rows per
+        transaction, so a large backlog of old rows never holds up the commits between."""
         seen_horizon = now - self.dedup_window
         id_horizon = now - self.id_ttl
 
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM seen WHERE at < ?", (seen_horizon,))
-            conn.execute("DELETE FROM ids WHERE at < ?", (id_horizon,))
+        def write(conn: sqlite3.Connection) -> int:
+            gone = conn.execute(
+                "DELETE FROM seen WHERE identity IN"
+                " (SELECT identity FROM seen WHERE at < ? LIMIT ?)",
+                (seen_horizon, chunk),
+            ).rowcount
+            gone += conn.execute(
+                "DELETE FROM ids WHERE (namespace, key) IN"
+                " (SELECT namespace, key FROM ids WHERE at < ? LIMIT ?)",
+                (id_horizon, chunk),
+            ).rowcount
+            return int(gone)
 
-        await self._submit(write)
+        while await self._submit(write) > 0:
+            pass
 
 
 def _with(entry: Entry, *, next_at: float) -> Entry:

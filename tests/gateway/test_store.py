@@ -292,3 +292,14 @@ async def test_sqlite_one_failing_operation_fails_alone(tmp_path: Path) -> None:
     await again.open()
     assert len(await again.entries()) == 3
     await again.close()
+
+
+async def test_sqlite_maintain_forgets_in_chunks(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "q.sqlite3", dedup_window=10.0)
+    await store.open()
+    for i in range(25):
+        await store.commit(Commit(f"id-{i}", 100.0 + i))
+    await store.maintain(130.0, chunk=4)  # forgets identities seen before 120
+    fresh = [not (await store.commit(Commit(f"id-{i}", 130.0))).duplicate for i in range(25)]
+    await store.close()
+    assert fresh == [True] * 21 + [False] * 4  # seen exactly one window ago counts as new
