@@ -108,6 +108,10 @@ class AddressMap:
     component: str
     domain_map: Mapping[str, str] = field(default_factory=dict)
     served: frozenset[str] = frozenset()
+    #: Translations already made (both ways), bounded: every stanza names two addresses,
+    #: and the same few recur. Refusals are not remembered; they raise every time.
+    _uris: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _jids: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def owns(self, jid: Jid) -> bool:
         """True for JIDs that stand for foreign entities (served by this component)."""
@@ -115,6 +119,21 @@ class AddressMap:
 
     def to_uri(self, text: str) -> str:
         """A native JID -> a gateway-wide address (resource kept for XMPP users)."""
+        uri = self._uris.get(text)
+        if uri is None:
+            uri = self._to_uri(text)
+            _remember(self._uris, text, uri)
+        return uri
+
+    def to_jid(self, uri: str) -> str:
+        """A gateway-wide address -> the JID that stands for it on the XMPP side."""
+        jid = self._jids.get(uri)
+        if jid is None:
+            jid = self._to_jid(uri)
+            _remember(self._jids, uri, jid)
+        return jid
+
+    def _to_uri(self, text: str) -> str:
         jid = Jid.parse(text)
         if not self.owns(jid):
             return f"xmpp:{jid}"
@@ -137,8 +156,7 @@ class AddressMap:
         scheme, _, host = target.partition(":")
         return f"{scheme}:{unescaped}@{host}"
 
-    def to_jid(self, uri: str) -> str:
-        """A gateway-wide address -> the JID that stands for it on the XMPP side."""
+    def _to_jid(self, uri: str) -> str:
         if uri.startswith("xmpp:"):
             return str(Jid.parse(uri[5:].removeprefix("//").split("?", 1)[0]))
         foreign = ForeignUri.parse(uri)
@@ -154,3 +172,13 @@ class AddressMap:
             if target.partition(":")[2].lower() == foreign.host:
                 return f"{escape_localpart(foreign.user)}@{jid_domain}"
         return f"{escape_localpart(f'{foreign.user}@{foreign.host}')}@{self.component}"
+
+
+#: Entries an address cache keeps before it starts afresh (input-fed: bounded).
+CACHE_SIZE = 4096
+
+
+def _remember(cache: dict[str, str], key: str, value: str) -> None:
+    if len(cache) >= CACHE_SIZE:
+        cache.clear()
+    cache[key] = value

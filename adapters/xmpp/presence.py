@@ -26,6 +26,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -94,6 +95,7 @@ def resource_of(tuple_id_: str, *, foreign: bool) -> str | None:
     return tuple_id_ if foreign else pidf.resource_of(tuple_id_)
 
 
+@functools.lru_cache(maxsize=4096)
 def _pres_uri(address: str) -> str:
     """The PIDF entity of a gateway-wide address (RFC 3922 §5.1: ``pres:user@host``)."""
     if address.startswith("xmpp:"):

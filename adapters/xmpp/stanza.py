@@ -68,7 +68,7 @@ def is_stanza(element: ET.Element, name: str) -> bool:
 
 
 #: Characters XML 1.0 §2.2 does not allow in a document (not even as references).
-_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _TEXT_SPECIAL = re.compile("[&<>\r]")
 _ATTR_SPECIAL = re.compile('[&<>"\t\n\r]')
 
@@ -148,7 +148,7 @@ def serialize(element: ET.Element, stanza_ns: str = COMPONENT_NS) -> bytes:
     out: list[str] = []
     _write(element, stanza_ns, out, top=True)
     text = "".join(out)
-    bad = _NOT_XML.search(text)
+    bad = NOT_XML.search(text)
     if bad is not None:
         raise MappingError(
             f"U+{ord(bad.group()):04X} at character {bad.start()} of the stanza cannot be "

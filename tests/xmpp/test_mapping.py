@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.xmpp import mapping
 from adapters.xmpp.jid import AddressMap
-from adapters.xmpp.mapping import XmppMapper, entity_to_payload
+from adapters.xmpp.mapping import TEXT_PLAIN, XmppMapper, entity_to_payload
 from adapters.xmpp.stanza import CARRIAGE_NS, COMPONENT_NS, E2E_NS, XML_LANG
 from canonical import cpim, smime
 from canonical.envelope import Envelope, Operation, Origin, Payload
@@ -481,3 +482,74 @@ def test_e2e_stanza_comes_back_in_the_form_it_came_in(name: str) -> None:
     assert MAPPER.equal(back, message)
     again = MAPPER.to_canonical(back, origin=ORIGIN, received_at=0).value
     assert again.payload == env.payload
+
+
+# ---------------------------------------------------------------- the direct CPIM writer
+header_value = st.lists(
+    st.one_of(st.characters(blacklist_categories=("Cs",)), st.sampled_from(["\\", "\r\n", " "])),
+    min_size=1,
+    max_size=30,
+).map("".join)
+uris = st.sampled_from(
+    ["im:alice@xmpp.test", "sip:bob@sip.test", "im:d%C3%A9j%C3%A0@xmpp.test", "im:xmpp.test"]
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sender=uris,
+    recipient=uris,
+    disposition=st.booleans(),
+    extensions=st.lists(
+        st.tuples(
+            st.sampled_from(["xmpp.Id", "xmpp.Type", "xmpp.Element", "imdn.Message-ID"]),
+            header_value,
+        ),
+        max_size=6,
+    ),
+    content_type=st.sampled_from([TEXT_PLAIN, "application/im-iscomposing+xml"]),
+    language=st.one_of(st.none(), st.sampled_from(["en", "de-CH", "x\ty", "zh-Hant"])),
+    body=st.binary(max_size=40),
+)
+def test_direct_cpim_writer_gives_the_bytes_cpim_build_gives(
+    sender: str,
+    recipient: str,
+    disposition: bool,
+    extensions: list[tuple[str, str]],
+    content_type: str,
+    language: str | None,
+    body: bytes,
+) -> None:
+    entity = [("Content-Language", language)] if language else []
+    namespaces: list[tuple[str | None, str]] = [("xmpp", "urn:cpimgw:xmpp:0")]
+    if disposition:
+        namespaces.append(("imdn", "urn:ietf:params:imdn"))
+    else:
+        extensions = [(n, v) for n, v in extensions if not n.startswith("imdn.")]
+    args = {"content_type": content_type, "entity_headers": entity, "body": body}
+    try:
+        expected: bytes | None = bytes(
+            cpim.build(
+                sender=sender,
+                to=[recipient],
+                namespaces=namespaces,
+                extensions=extensions,
+                form="body",
+                **args,  # type: ignore[arg-type]
+            )
+        )
+    except ValueError:
+        expected = None
+    try:
+        written = mapping._write_cpim(
+            sender,
+            recipient,
+            disposition=disposition,
+            extensions=extensions,
+            **args,  # type: ignore[arg-type]
+        )
+    except ValueError:
+        assert expected is None
+        return
+    if written is not None:  # None: the writer hands the message to cpim.build
+        assert written == expected
