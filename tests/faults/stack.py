@@ -193,16 +193,27 @@ class GatewayProcess:
             return False
 
     def start(self, *, wait_ready: bool = True) -> None:
-        self.write_config()
-        self.starts += 1
-        self.process = ServerProcess(
-            f"cpimgw-{self.starts}",
-            [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
-            workdir=self.workdir,
-            ready=self._ready if wait_ready else None,
-            ready_timeout=40.0,
-        )
-        self.process.start()
+        """Start (again); when another test took the HTTP or metrics port between
+        ``free_port`` and the bind, pick new ones and try again (the SIP port is Kamailio's
+        route to the gateway and never changes)."""
+        for attempt in range(3):
+            self.write_config()
+            self.starts += 1
+            self.process = ServerProcess(
+                f"cpimgw-{self.starts}",
+                [sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+                workdir=self.workdir,
+                ready=self._ready if wait_ready else None,
+                ready_timeout=40.0,
+            )
+            try:
+                self.process.start()
+            except (RuntimeError, TimeoutError) as exc:
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.settings.http_port, self.settings.metrics_port = free_port(), free_port()
+                continue
+            return
 
     def kill(self) -> None:
         """SIGKILL, no cleanup at all (a crash)."""
