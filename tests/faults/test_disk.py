@@ -94,7 +94,10 @@ async def test_store_on_a_full_disk_refuses_with_an_error_and_recovers(tmp_path:
             async def send(tag: str) -> tuple[str, int]:
                 call_id = f"{tag}-{run}"
                 request = ua.message(
-                    f"sip:bob@{SIP_DOMAIN}", f"sip:alice@{XMPP_DOMAIN}", tag.encode(), call_id=call_id
+                    f"sip:bob@{SIP_DOMAIN}",
+                    f"sip:alice@{XMPP_DOMAIN}",
+                    tag.encode(),
+                    call_id=call_id,
                 )
                 return call_id, await ua.send(request)
 
@@ -140,7 +143,8 @@ async def test_store_on_a_full_disk_refuses_with_an_error_and_recovers(tmp_path:
                 gateway_alive=alive_while_full and s.gateway.alive(),
             )
             await alice.logout()
-            assert alive_while_full and s.gateway.alive(), s.gateway.log()
+            assert alive_while_full, s.gateway.log()
+            assert s.gateway.alive(), s.gateway.log()
             assert all(v >= 400 for _, v in during), during
             assert got_error, errors
             assert all(v < 300 for _, v in retried + after), (retried, after)
