@@ -24,6 +24,7 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import json
 import logging
@@ -32,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from canonical.envelope import Envelope, Operation, Origin, Payload
 from canonical.errors import GatewayError, Loss, Reason
@@ -41,6 +42,7 @@ from gateway.security import Buckets
 from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
 
 Synchronous = Literal["full", "normal"]
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -306,12 +308,25 @@ class _Pump:
                     raise _OperationError(exc) from exc
             # COMMIT fsyncs (synchronous = FULL) and runs the WAL auto-checkpoint now and
             # then (either mode): both off the loop.
-            await asyncio.to_thread(conn.execute, "COMMIT")
+            await _in_thread(conn.execute, "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in a worker thread; if the caller is cancelled meanwhile, wait for the
+    thread to finish before letting the cancellation through, so nobody touches the
+    connection while the thread still uses it (SQLite connections are not re-entrant)."""
+    running = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
 
 
 def _mark_changed(conn: sqlite3.Connection) -> None:
@@ -377,6 +392,8 @@ class SqliteStore:
         self._buckets = Buckets()
         self._last_scan = 0.0
         self._seen_changes: int | None = None  # operator change counter at the last rescan
+        self._reader: sqlite3.Connection | None = None  # for stats(), used in one thread at a time
+        self._reader_lock = asyncio.Lock()
         self._completed: deque[int] = deque()  # appended on the loop, drained by the writer
         self._flush_queued = False
 
@@ -435,6 +452,10 @@ class SqliteStore:
             return
         self._pump = None
         await pump.close()
+        async with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def _remember(self, entry: Entry) -> None:
         self._ready[entry.id] = entry
@@ -734,8 +755,15 @@ class SqliteStore:
                     failed += int(count)
             return QueueStats(pending, failed, max(0.0, now - oldest), by_target)
 
-        result: QueueStats = await self._submit(read)
-        return result
+        # A read of the whole queue: on its own connection in a worker thread (WAL readers
+        # do not block the writer), so a large backlog never stalls the loop.
+        def read_apart() -> QueueStats:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, check_same_thread=False)
+            return read(self._reader)
+
+        async with self._reader_lock:
+            return await _in_thread(read_apart)
 
     # -- presence, ids, buckets -------------------------------------------------------
 

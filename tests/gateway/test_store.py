@@ -303,3 +303,22 @@ async def test_sqlite_maintain_forgets_in_chunks(tmp_path: Path) -> None:
     fresh = [not (await store.commit(Commit(f"id-{i}", 130.0))).duplicate for i in range(25)]
     await store.close()
     assert fresh == [True] * 21 + [False] * 4  # seen exactly one window ago counts as new
+
+
+async def test_sqlite_cancelled_reads_and_commits_never_overlap_close(tmp_path: Path) -> None:
+    """Cancelling a caller while its worker thread still uses a connection must not let
+    close() (or the next statement) touch that connection concurrently."""
+    for round_ in range(20):
+        store = SqliteStore(tmp_path / f"q{round_}.sqlite3")
+        await store.open()
+        busy = [asyncio.create_task(store.stats(1.0)) for _ in range(3)]
+        busy += [asyncio.create_task(store.commit(commit_of(str(i)))) for i in range(50)]
+        await asyncio.sleep(0.001 * (round_ % 5))
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+        await store.close()
+        check = SqliteStore(tmp_path / f"q{round_}.sqlite3")
+        await check.open()
+        assert (await check.stats(1.0)).failed == 0
+        await check.close()
