@@ -20,6 +20,7 @@ from adapters.sip.codec import Request, Response
 from adapters.sip.endpoint import Endpoint, Incoming, new_tag
 from adapters.sip.transaction import Timers
 from adapters.sip.transport import Peer
+from gateway.demo.servers import free_port
 
 
 @dataclass
@@ -55,12 +56,16 @@ class SipPhone:
         self._changed = asyncio.Event()
         self._dialogs: dict[str, _Dialog] = {}
         self._etag: str | None = None
-        self.endpoint = Endpoint(
+        self.logger = logger or logging.getLogger("cpimgw.demo.phone")
+        self.endpoint = self._endpoint()
+
+    def _endpoint(self) -> Endpoint:
+        return Endpoint(
             handler=self._on_request,
             methods=frozenset({"MESSAGE", "NOTIFY", "OPTIONS"}),
             timers=Timers(t1=0.1, t2=0.8, t4=1.0),
             user_agent="cpimgw-demo-phone",
-            logger=logger or logging.getLogger("cpimgw.demo.phone"),
+            logger=self.logger,
         )
 
     @property
@@ -76,8 +81,19 @@ class SipPhone:
         return f"<sip:{self.user}@{local.host}:{local.port}>"
 
     async def start(self) -> SipPhone:
-        await self.endpoint.listen("UDP", "127.0.0.1", 0)
-        await self.endpoint.listen("TCP", "127.0.0.1", self.endpoint.local("UDP").port)
+        """Listen on UDP and TCP on one free port of 127.0.0.1 (large requests come by TCP)."""
+        for attempt in range(5):
+            port = free_port("udp")
+            try:
+                await self.endpoint.listen("UDP", "127.0.0.1", port)
+                await self.endpoint.listen("TCP", "127.0.0.1", port)
+            except OSError:
+                await self.endpoint.close(grace=0)
+                self.endpoint = self._endpoint()
+                if attempt == 4:
+                    raise
+                continue
+            break
         return self
 
     async def close(self) -> None:
