@@ -142,7 +142,7 @@ async def test_20_percent_udp_loss_on_the_sip_leg_loses_nothing_accepted(tmp_pat
                     want_sink = {xmpp_identity(jid, i) for i in xmpp_ids} - {
                         xmpp_identity(jid, e) for e in errors
                     }
-                    await until(lambda w=want_sink: w <= sink_ids(), 120)  # type: ignore[misc]
+                    await until(lambda w=want_sink: w <= sink_ids(), 120)
                     rss.append((f"after batch {batch}", s.gateway.rss_kib()))
                 lossy_seconds = time.monotonic() - started
                 sampling.cancel()
