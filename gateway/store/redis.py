@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -49,7 +50,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from canonical.envelope import Envelope
+from canonical.envelope import Envelope, Operation
 from canonical.errors import ConfigError, DeliveryError, GatewayError, Reason
 from gateway.cluster import (
     Consumer,
@@ -65,7 +66,7 @@ from gateway.cluster import (
     retired,
     subscription_field,
 )
-from gateway.presence import LastPresence, Subscription
+from gateway.presence import STATE, LastPresence, Subscription
 from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
 from gateway.store.sqlite import decode_envelope, encode_envelope
 
@@ -124,8 +125,8 @@ local function book(P, maxlen, ...)
   redis.call('XADD', P .. 'book', 'MAXLEN', '~', maxlen, '*', 'n', n, ...)
 end
 
--- commit(P, identity, at, window, window_ms, book_maxlen, guard_ms, n,
---        n x (target, expires_at, meta, body, guard),
+-- commit(P, identity, at, window, window_ms, book_maxlen, n,
+--        n x (target, expires_at, meta, body, guard, guard_ms),
 --        n_subs, n_subs x (field, value), n_ended, n_ended x field, pres_field, pres_value)
 local function commit(keys, a)
   local P = a[1]
@@ -138,14 +139,16 @@ local function commit(keys, a)
     end
     redis.call('SET', seen, at, 'PX', a[5])
   end
-  local maxlen, guard_ms = a[6], a[7]
+  local maxlen = a[6]
   local out = {0}
-  local i = 9
-  for _ = 1, tonumber(a[8]) do
+  local i = 8
+  for _ = 1, tonumber(a[7]) do
     local target, expires, meta, body, guard = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4]
-    i = i + 5
+    local guard_ms = a[i + 5]
+    i = i + 6
     local fresh = true
     if guard ~= '' then
+      -- an effect several nodes may produce for one event: only the first is queued
       fresh = redis.call('SET', P .. 'guard:' .. guard, at, 'PX', guard_ms, 'NX')
     end
     if fresh then
@@ -689,6 +692,7 @@ class RedisStore:
         dedup_window: float = 3600.0,
         id_ttl: float = 7 * 86400.0,
         resubscribe_guard: float = 300.0,
+        notify_guard: float = 5.0,
         change_log: int = 100_000,
         replicas: int = 0,
         replica_timeout: float = 1.0,
@@ -710,6 +714,7 @@ class RedisStore:
         self.dedup_window = dedup_window
         self.id_ttl = id_ttl
         self.resubscribe_guard = resubscribe_guard
+        self.notify_guard = notify_guard
         self.change_log = change_log
         self.replicas = replicas
         self.replica_timeout = replica_timeout
@@ -875,11 +880,32 @@ class RedisStore:
 
     # -- the queue ------------------------------------------------------------------
 
-    def _guard(self, target: str, envelope: Envelope) -> str:
-        """Re-subscriptions after a start go out once per cluster, not once per node."""
+    def _guard(self, target: str, envelope: Envelope) -> tuple[str, float]:
+        """The key and lifetime under which an effect goes out once per cluster:
+
+        - the SUBSCRIBEs that re-establish subscriptions after a start, once per
+          ``resubscribe_guard`` seconds however many nodes start;
+        - a NOTIFY of the same document from the same presentity to the same watcher,
+          once per ``notify_guard`` seconds: the presentity's network notifies each of
+          its subscription dialogs, and after a restart several nodes may hold one for
+          the same watcher (presence is state: the copy adds nothing).
+        """
         if envelope.origin.peer == "cpimgw" and envelope.attributes.get(REFRESH) == "restart":
-            return f"resub:{target}\x00{envelope.sender}\x00{envelope.recipient}"
-        return ""
+            key = f"resub:{target}\x00{envelope.sender}\x00{envelope.recipient}"
+            return key, self.resubscribe_guard
+        if envelope.operation is Operation.NOTIFY and envelope.payload is not None:
+            digest = hashlib.sha256()
+            for part in (
+                target,
+                envelope.sender,
+                envelope.recipient,
+                envelope.attributes.get(STATE, ""),
+                envelope.payload.content_type,
+            ):
+                digest.update(part.encode() + b"\x00")
+            digest.update(envelope.payload.body)
+            return f"notify:{digest.hexdigest()}", self.notify_guard
+        return "", 0.0
 
     async def commit(self, batch: Commit) -> Accepted:
         args: list[Any] = [
@@ -888,17 +914,18 @@ class RedisStore:
             _num(self.dedup_window),
             str(max(1, math.ceil(self.dedup_window * 1000))),
             str(self.change_log),
-            str(max(1, math.ceil(self.resubscribe_guard * 1000))),
             str(len(batch.entries)),
         ]
         for out in batch.entries:
             meta, body = encode_envelope(out.envelope)
+            guard, lifetime = self._guard(out.target, out.envelope)
             args += [
                 out.target,
                 _num(out.expires_at),
                 meta,
                 body or b"",
-                self._guard(out.target, out.envelope),
+                guard,
+                str(max(1, math.ceil(lifetime * 1000))),
             ]
         args.append(str(len(batch.subscriptions)))
         for sub in batch.subscriptions:

@@ -1,5 +1,5 @@
-"""Kamailio with the ``dispatcher`` module in front of several gateway nodes
-(config: ``tests/servers/kamailio-cluster/kamailio.cfg``).
+"""Kamailio with the ``dispatcher`` module in front of several gateway nodes, and the
+presence server of ``sip.test`` (config: ``tests/servers/kamailio-cluster/kamailio.cfg``).
 
 Foreground, loopback, a free port; the gateway nodes are dispatcher set 1, probed with
 OPTIONS every second. :meth:`DispatchingKamailio.states` reads the nodes' states through
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from tests.servers.kamailio import sip_ping
 from tests.servers.process import ServerProcess, free_port, require_binary
 
 CONFIG = Path(__file__).resolve().parents[1] / "servers" / "kamailio-cluster" / "kamailio.cfg"
+SQL_DIR = Path("/usr/share/kamailio/db_sqlite")
 
 
 @dataclass
@@ -46,6 +48,17 @@ class DispatchingKamailio:
         return dict(zip(uris, flags, strict=True))
 
 
+def database(path: Path) -> None:
+    """The sqlite tables the presence server keeps its state in."""
+    con = sqlite3.connect(path)
+    try:
+        for name in ("standard-create.sql", "presence-create.sql"):
+            con.executescript((SQL_DIR / name).read_text())
+        con.commit()
+    finally:
+        con.close()
+
+
 def node_uri(port: int, transport: str = "tcp") -> str:
     return f"sip:127.0.0.1:{port};transport={transport}"
 
@@ -62,6 +75,8 @@ def dispatching_kamailio(
     binary = require_binary("kamailio", "kamailio")
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "run").mkdir(exist_ok=True)
+    db = workdir / "kamailio.sqlite"
+    database(db)
     ds_list = workdir / "dispatcher.list"
     ds_list.write_text("".join(f"1 {uri} 0 0\n" for uri in nodes))
     port = free_port("udp")
@@ -88,6 +103,8 @@ def dispatching_kamailio(
         f'SELF_URI="sip:127.0.0.1:{port}"',
         "-A",
         f"FR_TIMER={fr_timer_ms}",
+        "-A",
+        f'DBURL="sqlite:///{db}"',
     ]
     process = ServerProcess(
         "kamailio",

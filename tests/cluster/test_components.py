@@ -26,6 +26,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from slixmpp import JID
 
 import tests.servers.ejabberd as ejabberd_fixture
 from tests.cluster.component import RawComponent
@@ -98,10 +99,10 @@ async def component(server: Server) -> RawComponent:
 async def send_from_each_user(server: Server, tag: str, count: int = 3) -> None:
     """Every user sends ``count`` messages to contacts on the component domain."""
     for user in USERS:
-        async with logged_in(f"{user}@xmpp.test/{tag}", "pw", server.c2s_port) as client:  # type: ignore[arg-type]
+        async with logged_in(f"{user}@xmpp.test/{tag}", "pw", server.c2s_port) as client:
             for i in range(count):
                 client.send_message(
-                    mto=f"c{i}@{server.component}", mbody=f"{tag} {i}", mtype="chat"
+                    mto=JID(f"c{i}@{server.component}"), mbody=f"{tag} {i}", mtype="chat"
                 )
             await asyncio.sleep(0.3)  # written and routed before the session closes
 

@@ -230,7 +230,7 @@ async def test_concurrent_calls_share_round_trips(make: Make) -> None:
 async def test_the_store_reloads_its_functions_when_redis_lost_them(make: Make) -> None:
     a = make("a")
     await a.open()
-    await a.client.execute_command("FUNCTION", "DELETE", "cpimgw_1")
+    await a.client.function_delete("cpimgw_1")
     accepted = await a.commit(commit_of("after flush"))
     assert not accepted.duplicate
     assert await claim_all(a) == list(accepted.ids)
@@ -569,3 +569,32 @@ async def test_a_node_that_cannot_renew_its_lease_stops_the_adapter(
         await asyncio.wait_for(run, 5)
     finally:
         server.stop()
+
+
+async def test_one_presence_event_is_fanned_out_once_however_many_nodes_see_it(
+    make: Make,
+) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+
+    def notify(identity: str, watcher: str, document: bytes) -> Commit:
+        env = Envelope(
+            operation=Operation.NOTIFY,
+            sender="sip:bob@sip.test",
+            recipient=watcher,
+            payload=Payload(PIDF, document),
+            identity=f"{identity}-{watcher}",
+            origin=Origin(adapter="sip"),
+            attributes={"subscription.state": "active"},
+        )
+        return Commit(identity, 5.0, (Outbound("xmpp", env, 300.0),))
+
+    # the presentity's server notifies two dialogs (held by two nodes) of one change
+    first = await a.commit(notify("dialog-1", "xmpp:al@x.test", b"<presence>on</presence>"))
+    second = await b.commit(notify("dialog-2", "xmpp:al@x.test", b"<presence>on</presence>"))
+    assert (len(first.ids), len(second.ids)) == (1, 0)
+    assert not second.duplicate, "the NOTIFY itself is stored; only its copy is not queued"
+    other_watcher = await b.commit(notify("dialog-3", "xmpp:cy@x.test", b"<presence>on</presence>"))
+    new_state = await b.commit(notify("dialog-4", "xmpp:al@x.test", b"<presence>off</presence>"))
+    assert (len(other_watcher.ids), len(new_state.ids)) == (1, 1)
