@@ -45,7 +45,14 @@ from adapters.contract import (
 from adapters.xmpp.errors import error_element, read_error
 from adapters.xmpp.jid import AddressMap, Jid
 from adapters.xmpp.mapping import XmppMapper
-from adapters.xmpp.stanza import COMPONENT_NS, PING_NS, local, register_plugins, serialize
+from adapters.xmpp.stanza import (
+    COMPONENT_NS,
+    PING_NS,
+    local,
+    register_plugins,
+    serialize,
+    wire_size,
+)
 from canonical.envelope import Envelope, Origin
 from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
 from canonical.policy import KIB
@@ -80,6 +87,7 @@ class _Outgoing:
     stanzas: list[ET.Element]
     done: asyncio.Future[Sent]
     ids: tuple[str, ...] = ()
+    wire: bytes = b""
 
 
 @dataclass
@@ -106,10 +114,22 @@ class _Component(ComponentXMPP):
             self.remove_handler(name)
         self.del_event_handler("presence_probe", self._handle_probe)
         ns = self.default_ns
+        self._on_element = on_stanza
+        self._direct = frozenset(f"{{{ns}}}{name}" for name in ("message", "presence", "iq"))
         for name in ("message", "presence", "iq"):
             self.register_handler(
                 Callback(f"cpimgw-{name}", MatchXPath(f"{{{ns}}}{name}"), self._stanza(on_stanza))
             )
+
+    def _spawn_event(self, xml: ET.Element) -> None:
+        """Stanzas go to the adapter as the parser built them: slixmpp's stanza objects and
+        handler matching, which cost about as much as cpimgw's whole mapping, are skipped
+        for the three stanza kinds; stream-level elements (handshake, stream errors) take
+        slixmpp's way. The handlers above stay as the path for a slixmpp without this hook."""
+        if xml.tag in self._direct:
+            self._on_element(xml)
+        else:
+            super()._spawn_event(xml)
 
     @staticmethod
     def _stanza(on_stanza: Callable[[ET.Element], None]) -> Callable[[Any], None]:
@@ -158,6 +178,7 @@ class XmppAdapter(Adapter):
             stanza_ns=COMPONENT_NS,
             policy=context.policy,
         )
+        self._origin = Origin(adapter=name, peer=config.component)
         self._xmpp: _Component | None = None
         self._inbound: asyncio.Queue[ET.Element | None] = asyncio.Queue()
         self._outbound: list[_Outgoing] = []
@@ -344,38 +365,45 @@ class XmppAdapter(Adapter):
                 self.context.count("xmpp_inbound_failures", adapter=self.name)
 
     async def _handle_inbound(self, element: ET.Element, deliver: Deliver) -> None:
+        envelope = self._map_inbound(element)
+        if envelope is None:
+            return
+        try:
+            await deliver(envelope)
+        except GatewayError as exc:
+            self.context.count("xmpp_refused", adapter=self.name, reason=exc.reason.value)
+            self._reply_error(element, exc)
+
+    def _map_inbound(self, element: ET.Element) -> Envelope | None:
+        """One received stanza as an envelope for the core, or None when it was an error
+        report or has been refused (the stanza error is already written back)."""
         if element.get("type") == "error":
             self._on_error_stanza(element)
-            return
-        size = len(serialize(element))
+            return None
+        size = wire_size(element)
         if size > self.settings.max_stanza_size:
             self._reply_error(
                 element,
                 GatewayError(
-                    f"stanza of {size} bytes exceeds the gateway's limit of "
+                    f"stanza of at least {size} characters exceeds the gateway's limit of "
                     f"{self.settings.max_stanza_size}",
                     reason=Reason.TOO_LARGE,
                     hint="send a smaller message",
                 ),
             )
-            return
-        origin = Origin(adapter=self.name, peer=self.settings.component)
+            return None
         try:
             mapped = self._mapper.to_canonical(
-                element, origin=origin, received_at=self.context.clock()
+                element, origin=self._origin, received_at=self.context.clock()
             )
         except GatewayError as exc:
             self.context.count("xmpp_refused", adapter=self.name, reason=exc.reason.value)
             self._reply_error(element, exc)
-            return
+            return None
         for loss in mapped.losses:
             self.context.logger.info("xmpp %s: loss %s: %s", self.name, loss.field, loss.detail)
             self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
-        try:
-            await deliver(mapped.value)
-        except GatewayError as exc:
-            self.context.count("xmpp_refused", adapter=self.name, reason=exc.reason.value)
-            self._reply_error(element, exc)
+        return mapped.value
 
     def _reply_error(self, element: ET.Element, error: GatewayError) -> None:
         """RFC 6120 §8.3.1: the error goes back to the sender with the same id; never an
@@ -422,7 +450,8 @@ class XmppAdapter(Adapter):
             self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
         item = self._queue(mapped.value)
         try:
-            return await asyncio.wait_for(asyncio.shield(item.done), self.settings.send_timeout)
+            async with asyncio.timeout(self.settings.send_timeout):
+                return await asyncio.shield(item.done)
         except TimeoutError as exc:
             raise DeliveryError(
                 f"XMPP server did not confirm within {self.settings.send_timeout}s",
@@ -437,19 +466,25 @@ class XmppAdapter(Adapter):
         self._queue([stanza])
 
     def _queue(self, stanzas: list[ET.Element]) -> _Outgoing:
+        """Queue stanzas for the writer, serialised now: a stanza that cannot be written
+        raises MappingError here, to the caller, instead of failing a whole batch later."""
+        wire = b"".join(serialize(s) for s in stanzas)
         loop = asyncio.get_running_loop()
         ids = tuple(s.get("id", "") for s in stanzas)
-        item = _Outgoing(stanzas, loop.create_future(), ids)
+        item = _Outgoing(stanzas, loop.create_future(), ids, wire)
         self._outbound.append(item)
         self._outbound_ready.set()
         return item
 
     def _write(self, stanza: ET.Element) -> bool:
+        return self._write_bytes(serialize(stanza))
+
+    def _write_bytes(self, data: bytes) -> bool:
         xmpp = self._xmpp
         if xmpp is None or not self._session.is_set():
             return False
         try:
-            xmpp.send_raw(serialize(stanza))
+            xmpp.send_raw(data)
         except Exception:  # noqa: BLE001 - NotConnectedError and transport faults alike
             return False
         return True
@@ -484,22 +519,21 @@ class XmppAdapter(Adapter):
             loop = asyncio.get_running_loop()
             barrier = _Barrier(f"cpimgw-ping-{next(self._ping_ids)}", batch, loop.create_future())
             self._barrier = barrier
-            written = all(self._write(s) for item in batch for s in item.stanzas)
-            if written:
-                target = self.settings.ping_target or (
-                    self.settings.domains[0] if self.settings.domains else self.settings.component
-                )
-                ping = ET.Element(
-                    f"{{{COMPONENT_NS}}}iq",
-                    {
-                        "type": "get",
-                        "id": barrier.ping_id,
-                        "from": self.settings.component,
-                        "to": target,
-                    },
-                )
-                ET.SubElement(ping, f"{{{PING_NS}}}ping")
-                written = self._write(ping)
+            target = self.settings.ping_target or (
+                self.settings.domains[0] if self.settings.domains else self.settings.component
+            )
+            ping = ET.Element(
+                f"{{{COMPONENT_NS}}}iq",
+                {
+                    "type": "get",
+                    "id": barrier.ping_id,
+                    "from": self.settings.component,
+                    "to": target,
+                },
+            )
+            ET.SubElement(ping, f"{{{PING_NS}}}ping")
+            # the batch and its barrier in one write: one system call, not one per stanza
+            written = self._write_bytes(b"".join([*(i.wire for i in batch), serialize(ping)]))
             answered = False
             if written:
                 try:

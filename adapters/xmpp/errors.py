@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from adapters.xmpp.stanza import E2E_NS, STANZA_ERROR_NS, local, namespace
+from adapters.xmpp.stanza import E2E_NS, NOT_XML, STANZA_ERROR_NS, local, namespace
 from canonical.errors import Reason
 
 #: Reason -> (error type, defined condition, RFC 3923 §7 application condition or None).
@@ -73,7 +73,8 @@ def error_element(
     error = ET.Element(f"{{{stanza_ns}}}error", {"type": kind})
     ET.SubElement(error, f"{{{STANZA_ERROR_NS}}}{condition or defined}")
     if text:
-        ET.SubElement(error, f"{{{STANZA_ERROR_NS}}}text").text = text
+        # shown to a person; a character XML cannot carry would make the stanza unwritable
+        ET.SubElement(error, f"{{{STANZA_ERROR_NS}}}text").text = NOT_XML.sub("\ufffd", text)
     if app is not None:
         ET.SubElement(error, f"{{{E2E_NS}}}{app}")
     return error
