@@ -54,6 +54,8 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except OSError as exc:  # nothing listens (yet): status 0
+        return 0, str(exc)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -84,6 +86,8 @@ class Settings:
     rate: float = 0.0
     max_size: int = 1024 * 1024
     sip_t1: float = 0.1
+    expiry: str = "10m"
+    sip_proxy_transport: str = "udp"
     delivery: str = ""
     extra: str = ""
     api_clients: str = ""
@@ -106,7 +110,7 @@ concurrency = 64
 send_timeout = "10s"
 drain_timeout = "5s"
 max_attempts = 100
-expiry = "10m"
+expiry = "{self.expiry}"
 {self.delivery}
 
 [adapters.xmpp]
@@ -124,7 +128,7 @@ reconnect_max = 1.0
 kind = "sip"
 listen = [{{ transport = "udp", host = "127.0.0.1", port = {self.sip_port} }},
           {{ transport = "tcp", host = "127.0.0.1", port = {self.sip_port} }}]
-proxy = "sip:127.0.0.1:{self.proxy_port};transport=udp"
+proxy = "sip:127.0.0.1:{self.proxy_port};transport={self.sip_proxy_transport}"
 domains = ["{XMPP_DOMAIN}"]
 t1 = {self.sip_t1}
 t2 = 1.0
