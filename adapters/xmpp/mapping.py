@@ -694,7 +694,7 @@ class XmppMapper:
         sender: str,
         recipient: str,
         envelope: Envelope,
-        message: cpim.CpimMessage | None,
+        imdn_id: str | None,
     ) -> ET.Element:
         """The stanza of a payload carried exactly. Its ``id`` is the native id the envelope
         carries (``attributes["xmpp.id"]``, for a stanza that came from XMPP: law L2), else
@@ -705,11 +705,7 @@ class XmppMapper:
         attributes = envelope.attributes
         stanza_id = attributes.get("xmpp.id")
         if stanza_id is None:
-            stanza_id = envelope.identity
-            if message is not None and message.find("Disposition-Notification", IMDN_HEADERS_NS):
-                ids = message.find("Message-ID", IMDN_HEADERS_NS)
-                if ids:
-                    stanza_id = ids[0].value
+            stanza_id = imdn_id or envelope.identity
         stanza = ET.Element(
             f"{{{self.stanza_ns}}}message",
             {
@@ -752,13 +748,18 @@ class XmppMapper:
         """The stanza a native XMPP message came from (law L2): every field from the
         ``xmpp.*`` headers, subjects, body and the IMDN/isComposing entity."""
 
+        own: dict[str, list[str]] = {}  # the xmpp.* headers by local name, one pass
+        for line in message.headers:
+            if line.namespace == XMPP_HEADERS_NS:
+                own.setdefault(line.local, []).append(line.value)
+
         def one(name: str) -> str | None:
-            found = message.find(name, XMPP_HEADERS_NS)
-            return found[0].value if found else None
+            values = own.get(name)
+            return values[0] if values else None
 
         attrs = {"from": sender, "to": recipient}
-        for header, attr in (("Id", "id"), ("Type", "type"), ("Lang", XML_LANG)):
-            value = one(header)
+        for name, attr in (("Id", "id"), ("Type", "type"), ("Lang", XML_LANG)):
+            value = one(name)
             if value is not None:
                 attrs[attr] = value
         stanza = ET.Element(f"{{{self.stanza_ns}}}message", attrs)
@@ -802,22 +803,23 @@ class XmppMapper:
             ET.SubElement(stanza, f"{{{RECEIPTS_NS}}}request")
         if "display" in tokens:
             ET.SubElement(stanza, f"{{{MARKERS_NS}}}markable")
-        for element in message.find("Element", XMPP_HEADERS_NS):
-            stanza.append(self._element_from_text(element.value))
+        for element in own.get("Element", ()):
+            stanza.append(self._element_from_text(element))
         return stanza
 
     def _readable(
         self, message: cpim.CpimMessage, sender: str, recipient: str, envelope: Envelope
     ) -> ET.Element:
         """A foreign CPIM message as an ordinary client shows it (RFC 3922 §4.2)."""
-        stanza = self._new_stanza(sender, recipient, envelope, message)
+        disposition = message.find("Disposition-Notification", IMDN_HEADERS_NS)
+        ids = message.find("Message-ID", IMDN_HEADERS_NS) if disposition else ()
+        stanza = self._new_stanza(sender, recipient, envelope, ids[0].value if ids else None)
         for subject in message.subjects:
             el = ET.SubElement(stanza, f"{{{self.stanza_ns}}}subject")
             if subject.lang is not None:
                 el.set(XML_LANG, subject.lang)
             el.text = _xml_safe(subject.text)
         self._readable_entity(stanza, message)
-        disposition = message.find("Disposition-Notification", IMDN_HEADERS_NS)
         tokens = {t.strip() for h in disposition for t in h.value.split(",")}
         if "positive-delivery" in tokens:
             ET.SubElement(stanza, f"{{{RECEIPTS_NS}}}request")
