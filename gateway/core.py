@@ -316,6 +316,18 @@ class Gateway:
                 "refused", envelope, level=logging.WARNING, reason=exc.reason.value, error=str(exc)
             )
             raise
+        except Exception as exc:
+            # A bug must still give the sender an answer in its protocol, and a log line.
+            self.log.exception(
+                "accepting an envelope failed", extra={"identity": envelope.identity}
+            )
+            self.counters.refused += 1
+            self.metrics.rejected.labels(adapter, Reason.INTERNAL.value).inc()
+            raise GatewayError(
+                f"internal error while accepting {envelope.identity}: {type(exc).__name__}",
+                reason=Reason.INTERNAL,
+                hint="the gateway's log has the details",
+            ) from exc
         if accepted.duplicate:
             self.counters.duplicates += 1
             self.metrics.duplicates.labels(adapter).inc()

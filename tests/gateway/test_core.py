@@ -384,3 +384,16 @@ async def test_require_policy_refuses_unsigned_through_the_core() -> None:
             await adapter(gw, "xmpp").inject(message())
     assert err.value.reason is Reason.SIGNATURE_INVALID
     assert adapter(gw, "sip").sent == []
+
+
+async def test_a_bug_while_accepting_becomes_an_internal_error_for_the_sender() -> None:
+    async with build() as gw:
+
+        def broken(*_a: object, **_k: object) -> object:
+            raise IndexError("bug")
+
+        gw.book.subscribe = broken  # type: ignore[method-assign, assignment]
+        with pytest.raises(GatewayError) as err:
+            await adapter(gw, "xmpp").inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+    assert err.value.reason is Reason.INTERNAL
+    assert isinstance(err.value.__cause__, IndexError)
