@@ -286,14 +286,7 @@ class Gateway:
         if fixes:
             envelope = envelope.replace(**fixes)
         try:
-            if self._closing:
-                raise DeliveryError(
-                    "the gateway is shutting down",
-                    retryable=True,
-                    reason=Reason.UNAVAILABLE,
-                    hint="send again in a moment",
-                    retry_after=5.0,
-                )
+            self._check_open()
             check_hops(envelope, self.gateway_id)
             batch, effects = await self._plan(envelope, now)
             try:
@@ -351,6 +344,17 @@ class Gateway:
         if accepted.ids:
             self._wake.set()
         return Receipt(envelope.identity)
+
+    def _check_open(self) -> None:
+        """Refuse new work while draining (the sender retries; nothing is half-taken)."""
+        if self._closing:
+            raise DeliveryError(
+                "the gateway is shutting down",
+                retryable=True,
+                reason=Reason.UNAVAILABLE,
+                hint="send again in a moment",
+                retry_after=5.0,
+            )
 
     async def _plan(self, envelope: Envelope, now: float) -> tuple[Commit, Effects | None]:
         """What storing this envelope means: the queue entries and presence changes."""
