@@ -401,6 +401,32 @@ def _env_keys() -> list[Loc]:
     ]
 
 
+def _dangling_routes(
+    data: Mapping[str, Any], *, file: str, lines: Mapping[Loc, int]
+) -> list[ConfigError]:
+    """Routes naming unconfigured adapters, read from the raw file: reported together with
+    schema errors, so one run of ``config check`` shows both."""
+    adapters = data.get("adapters")
+    names = set(adapters) if isinstance(adapters, dict) else set()
+    names |= {str(k[1]) for k in _env_keys() if len(k) > 1 and k[0] == "adapters"}
+    routes = data.get("routes")
+    out = []
+    for index, route in enumerate(routes if isinstance(routes, list) else []):
+        target = route.get("adapter") if isinstance(route, dict) else None
+        if isinstance(target, str) and target not in names:
+            loc: Loc = ("routes", index, "adapter")
+            out.append(
+                ConfigError(
+                    f"adapter {target!r} is not configured",
+                    key=dotted(loc),
+                    line=line_of(lines, loc),
+                    file=file,
+                    hint=f"configured adapters: {', '.join(sorted(names)) or 'none'}",
+                )
+            )
+    return out
+
+
 def parse(text: str, *, file: str = "<config>", base: Path | None = None) -> Config:
     """Check a config text; raises :class:`ConfigFileError` listing everything wrong."""
     try:
@@ -422,10 +448,9 @@ def parse(text: str, *, file: str = "<config>", base: Path | None = None) -> Con
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigFileError(
-            file,
-            _problems(exc, file=file, lines=lines, model=Settings, env_keys=_env_keys()),
-        ) from exc
+        found = _problems(exc, file=file, lines=lines, model=Settings, env_keys=_env_keys())
+        found += _dangling_routes(data, file=file, lines=lines)
+        raise ConfigFileError(file, found) from exc
     problems: list[ConfigError] = []
 
     def problem(message: str, loc: Loc, hint: str = "") -> None:

@@ -160,3 +160,11 @@ def test_example_config_is_valid_where_its_adapters_are_installed() -> None:
         pytest.skip(f"adapters not installed yet: {', '.join(sorted(missing))}")
     config = load_file(example)
     assert set(config.adapters) >= {"xmpp", "sip"}
+
+
+def test_schema_errors_and_dangling_routes_are_reported_together() -> None:
+    text = GOOD.replace("rate = 5", "rate = -5").replace('adapter = "users"', 'adapter = "nobody"')
+    found = problems(text)
+    assert len(found) == 2
+    assert any("security.rate" in p for p in found)
+    assert any("routes[0].adapter: adapter 'nobody' is not configured" in p for p in found)
