@@ -12,6 +12,8 @@ each figure is the median of ``--rounds``. One node on the embedded SQLite store
 (``synchronous = "full"``) runs in the same rounds as a reference.
 
     python -m benchmarks.cluster [--messages 6000] [--window 64] [--rounds 3]
+    python -m benchmarks.cluster --costs      # Redis time and memory per message
+
 
 Everything (Redis, the nodes, this load generator and the sink) shares the machine's
 cores: the ratios say how far this machine scales, not how far a cluster of machines does
@@ -226,6 +228,86 @@ async def one_run(
     return messages / elapsed
 
 
+async def costs(redis: RedisServer, messages: int) -> dict[str, float]:
+    """What Redis spends per store call and keeps per message and per subscription:
+    the function calls of ``messages`` envelopes committed, claimed and completed by one
+    store (INFO commandstats), and used memory before and after."""
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    from gateway.presence import Subscription, SubscriptionState  # noqa: PLC0415
+    from gateway.store import Commit, Outbound  # noqa: PLC0415
+    from gateway.store.redis import RedisStore  # noqa: PLC0415
+
+    admin = Redis.from_url(redis.url)
+    store = RedisStore(redis.url, namespace=f"costs-{os.getpid()}", node="costs")
+    await store.open()
+    envelopes = [
+        Envelope(
+            operation=Operation.MESSAGE,
+            sender=f"im:user{i % 50}@src.test",
+            recipient=f"im:peer{i % 50}@dst.test",
+            payload=Payload(CPIM, f"From: <im:a@src.test>\r\n\r\nmessage {i:06d}".encode()),
+            identity=identity_of("costs", str(i)),
+            origin=Origin(adapter="in"),
+        )
+        for i in range(messages)
+    ]
+
+    async def used() -> int:
+        return int((await admin.info("memory"))["used_memory"])
+
+    await admin.config_resetstat()
+    base = await used()
+    await asyncio.gather(
+        *(store.commit(Commit(e.identity, 1000.0, (Outbound("out", e, 9e9),))) for e in envelopes)
+    )
+    queued = await used()
+    claimed = []
+    while len(claimed) < messages:
+        claimed += await store.claim(1000.0, 1000)
+    await asyncio.gather(*(store.complete(e.id) for e in claimed))
+    marks = await used()
+    stats = await admin.info("commandstats")
+    subs = [
+        Subscription(
+            f"xmpp:watcher{i}@xmpp.example.com",
+            f"sip:presentity{i % 5000}@example.net",
+            SubscriptionState.ACTIVE,
+            "xmpp",
+            "sip",
+            None,
+            1.0,
+            2.0,
+        )
+        for i in range(messages)
+    ]
+    before_subs = await used()
+    await asyncio.gather(
+        *(
+            store.commit(Commit("", 1000.0, subscriptions=subs[i : i + 100]))
+            for i in range(0, len(subs), 100)
+        )
+    )
+    after_subs = await used()
+    await store.close()
+    await admin.aclose()
+
+    def per_call(name: str) -> float:
+        found = stats.get(f"cmdstat_{name}")
+        return float(found["usec_per_call"]) if found else 0.0
+
+    fcall = stats.get("cmdstat_fcall", {})
+    return {
+        "fcall_usec_per_call": per_call("fcall"),
+        "fcalls": float(fcall.get("calls", 0)),
+        "redis_usec_per_message": float(fcall.get("usec", 0)) / messages,
+        "bytes_per_queued_message": (queued - base) / messages,
+        "bytes_per_dedup_mark": (marks - base) / messages,
+        "bytes_per_subscription": (after_subs - before_subs) / messages,
+        "calls_per_round_trip": store.calls / max(1, store.round_trips),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,7 +316,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=64, help="unanswered per connection")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--costs",
+        action="store_true",
+        help="measure Redis time and memory per message and per subscription instead",
+    )
     args = parser.parse_args(argv)
+    if args.costs:
+        redis_dir = Path(tempfile.mkdtemp(prefix="cpimgw-bench-redis-"))
+        redis = RedisServer(redis_dir).start()
+        try:
+            found = asyncio.run(costs(redis, max(args.messages, 20_000)))
+        finally:
+            redis.stop()
+            shutil.rmtree(redis_dir, ignore_errors=True)
+        if args.json:
+            print(json.dumps(found))
+        else:
+            for key, value in found.items():
+                print(f"  {key:<28} {value:>10,.1f}")
+        return 0
     if frame is None:
         print("install the testnet plugin: pip install -e tests/plugins/cpimgw-testnet")
         return 2

@@ -135,3 +135,25 @@ def test_status_says_when_redis_is_unreachable(
     path = config(tmp_path, f"redis://127.0.0.1:{free_port()}/0", "x")
     assert main(["cluster", "status", "-c", str(path)]) == 2
     assert "cannot reach the shared store" in capsys.readouterr().err
+
+
+def test_the_queue_commands_work_on_the_shared_store(
+    redis_server: RedisServer,
+    redis_namespace: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    asyncio.run(populate(redis_server.url, redis_namespace))
+    path = str(config(tmp_path, redis_server.url, redis_namespace))
+    assert main(["queue", "list", "-c", path]) == 0
+    assert capsys.readouterr().out.startswith("5 pending, 1 failed")
+    assert main(["queue", "retry", "-c", path, "--all-failed"]) == 0
+    assert capsys.readouterr().out.strip() == "retried 1 entry"
+    assert main(["queue", "list", "-c", path]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("6 pending, 0 failed")
+    first = listing.splitlines()[1].split()[0]
+    assert main(["queue", "drop", "-c", path, first]) == 0
+    assert capsys.readouterr().out.strip() == "dropped 1 entry"
+    assert main(["queue", "list", "-c", path]) == 0
+    assert capsys.readouterr().out.startswith("5 pending, 0 failed")
