@@ -15,7 +15,8 @@ from typing import Any
 
 from canonical.errors import ConfigError
 from gateway.config import load_file
-from gateway.store import Entry, EntryState
+from gateway.store import Entry, EntryState, Store
+from gateway.store.redis import redis_store_of
 from gateway.store.sqlite import SqliteStore
 
 
@@ -38,14 +39,16 @@ def register(subparsers: Any) -> None:
         cmd.set_defaults(handler=handle_change, action=action)
 
 
-def _store(path: str) -> SqliteStore:
+def _store(path: str) -> Store:
     config = load_file(path)
+    if config.settings.store.backend == "redis":  # the shared store of several nodes
+        return redis_store_of(config.settings, serve=False)
     if config.settings.store.backend != "sqlite":
         raise ConfigError(
             "the queue commands need the durable store",
             key="store.backend",
             file=path,
-            hint='set [store] backend = "sqlite"',
+            hint='set [store] backend = "sqlite" (or "redis")',
         )
     if not config.store_path.exists():
         raise ConfigError(
