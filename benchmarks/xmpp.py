@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
@@ -131,12 +132,51 @@ def shell_paths() -> tuple[Callable[[], object], Callable[[], object]]:
     return inbound, outbound
 
 
+async def run_client(jid: str, password: str, port: int, count: int, component: str) -> None:
+    """The XMPP user of the Prosody rows, in a process of its own (``--client``): logs in,
+    prints ``ready``; prints ``received`` once ``count`` messages from the component have
+    arrived; on ``send`` (stdin) writes ``count`` messages to the component; exits on EOF."""
+    user = User(jid, password)
+    await user.login(port)
+    got = 0
+    all_in = asyncio.Event()
+
+    def on_message(stanza: Message) -> None:
+        nonlocal got
+        if str(stanza["from"]).endswith(component):
+            got += 1
+            if got == count:
+                all_in.set()
+
+    user.add_event_handler("message", on_message)
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await all_in.wait()
+    print("received", flush=True)
+    await reader.readline()  # "send"
+    stanzas = [
+        f"<message to='bob@{component}' id='in-{i}' type='chat'>"
+        f"<body>inbound message {i} of ordinary length for the benchmark</body></message>"
+        for i in range(count)
+    ]
+    for i in range(0, count, 100):
+        user.send_raw("".join(stanzas[i : i + 100]))
+        await asyncio.sleep(0)
+    await reader.read()  # until the parent closes stdin
+    await user.logout()
+
+
 async def through_prosody(count: int) -> tuple[float, float]:
-    """(outbound, inbound) messages per second through a real Prosody."""
+    """(outbound, inbound) messages per second through a real Prosody, the user's client in
+    a process of its own: outbound from the first ``send()`` until the client has received
+    the last message; inbound from the client's first write until ``deliver`` got the last."""
     with tempfile.TemporaryDirectory() as tmp:
         server = ProsodyServer(Path(tmp))
         server.register("alice", "alicepw")
         server.start()
+        client: asyncio.subprocess.Process | None = None
         try:
             cfg = XmppConfig.model_validate(
                 {
@@ -151,42 +191,51 @@ async def through_prosody(count: int) -> tuple[float, float]:
             delivered = 0
             all_in = asyncio.Event()
 
-            async def deliver(env: Envelope) -> Receipt:
+            async def deliver(envelope: Envelope) -> Receipt:
                 nonlocal delivered
                 delivered += 1
                 if delivered == count:
                     all_in.set()
-                return Receipt(env.identity)
+                return Receipt(envelope.identity)
 
             task = asyncio.create_task(adapter.run(deliver))
-            alice = User("alice@xmpp.test/bench", "alicepw")
-            await alice.login(server.c2s_port)
+            client = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "benchmarks.xmpp",
+                "--client",
+                f"alice@{server.domain}/bench",
+                "alicepw",
+                str(server.c2s_port),
+                str(count),
+                server.component,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert client.stdin is not None
+            assert client.stdout is not None
+            if (await asyncio.wait_for(client.stdout.readline(), 30)).strip() != b"ready":
+                raise RuntimeError("the benchmark client could not log in")
             while not adapter.ready():  # noqa: ASYNC110 - polling the shell's readiness
                 await asyncio.sleep(0.02)
             start = time.perf_counter()
             sends = [adapter.send(FOREIGN.replace(identity=f"{i:032x}")) for i in range(count)]
             await asyncio.gather(*sends)
-            await alice.wait_for(
-                lambda s: s.name == "message" and s["id"] == f"{count - 1:032x}", wait=120
-            )
+            await asyncio.wait_for(client.stdout.readline(), 120)  # "received"
             outbound = count / (time.perf_counter() - start)
-            stanzas = [
-                f"<message to='bob@{server.component}' id='in-{i}' type='chat'>"
-                f"<body>inbound message {i} of ordinary length for the benchmark</body>"
-                "</message>".encode()
-                for i in range(count)
-            ]
             start = time.perf_counter()
-            for i in range(0, count, 100):
-                alice.send_raw(b"".join(stanzas[i : i + 100]))
-                await asyncio.sleep(0)
+            client.stdin.write(b"send\n")
             await asyncio.wait_for(all_in.wait(), 120)
             inbound = count / (time.perf_counter() - start)
-            await alice.logout()
+            client.stdin.close()
+            await asyncio.wait_for(client.wait(), 10)
             await adapter.stop()
             await asyncio.wait_for(task, 10)
             return outbound, inbound
         finally:
+            if client is not None and client.returncode is None:
+                client.kill()
+                await client.wait()
             server.stop()
 
 
@@ -195,7 +244,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measured path")
     parser.add_argument("--count", type=int, default=5000, help="messages through Prosody")
     parser.add_argument("--no-server", action="store_true", help="skip the Prosody rows")
+    parser.add_argument("--client", nargs=5, help=argparse.SUPPRESS)  # the user's process
     args = parser.parse_args()
+    if args.client:
+        jid, password, port, count, component = args.client
+        asyncio.run(run_client(jid, password, int(port), int(count), component))
+        return
     inbound, outbound = shell_paths()
     paths: dict[str, Callable[[], object]] = {
         "slixmpp parse + serialise (baseline)": baseline,

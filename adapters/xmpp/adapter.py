@@ -103,7 +103,7 @@ class _Component(ComponentXMPP):
     the adapter as it is. slixmpp answers probes with ``unsubscribed`` when its in-memory
     roster lacks a subscription, which would cancel the user's real subscription."""
 
-    def __init__(self, config: XmppConfig, on_stanza: Callable[[ET.Element], None]) -> None:
+    def __init__(self, config: XmppConfig, on_stanza: Callable[[ET.Element], object]) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             config.component, config.secret.get_secret_value(), config.host, config.port
         )
@@ -132,7 +132,7 @@ class _Component(ComponentXMPP):
             super()._spawn_event(xml)
 
     @staticmethod
-    def _stanza(on_stanza: Callable[[ET.Element], None]) -> Callable[[Any], None]:
+    def _stanza(on_stanza: Callable[[ET.Element], object]) -> Callable[[Any], None]:
         def handle(stanza: Any) -> None:
             on_stanza(stanza.xml)
 
