@@ -70,6 +70,7 @@ from canonical.errors import (
     Reason,
 )
 from canonical.policy import KIB
+from canonical.presence import parse_pidf
 
 #: Methods the adapter serves (everything else: 405 or 501 from the endpoint).
 METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "OPTIONS"})
@@ -544,6 +545,12 @@ class SipAdapter(Adapter):
         if subscriber is None:
             incoming.respond(481, "Subscription Does Not Exist")
             return
+        media = request.content_type
+        if request.body and media is not None and media.essence == PIDF:
+            # Read before accepting (RFC 3863 via canonical.xmldoc: no DTD, bounded): a
+            # document no watcher could be given is refused here with 400 and its XML_*
+            # code, not answered 200 and dropped later.
+            parse_pidf(request.body, policy=self.context.policy)
         status, events = subscriber.on_notify(request, now)
         if status != 200:
             incoming.respond(status, "Bad Request" if status == 400 else "Server Internal Error")

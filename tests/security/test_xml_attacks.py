@@ -6,8 +6,8 @@ reads from the network.
   ``canonical.xmldoc``: every attack is refused with 400 and its ``XML_*`` code, in
   bounded time and memory (the gateway's RSS is measured around the attack);
 - SIP: a hostile presence server (the gateway's proxy is the test's own SIP endpoint)
-  answers the gateway's SUBSCRIBE with NOTIFYs whose PIDF carries each attack: nothing
-  reaches the XMPP watcher, a clean NOTIFY afterwards still does;
+  answers the gateway's SUBSCRIBE with NOTIFYs whose PIDF carries each attack: each gets
+  400, nothing reaches the XMPP watcher, a clean NOTIFY afterwards still does;
 - XMPP: a stream with a DTD never gets past Prosody (XMPP forbids DTDs, RFC 6120 §11.1),
   so the gateway's component never sees one; deeply nested and attribute-heavy stanzas do
   pass Prosody and reach the component's parser.
@@ -228,6 +228,10 @@ async def test_pidf_with_a_dtd_from_a_hostile_sip_notifier_reaches_no_watcher(
                 assert rss_growth < 64 * 1024
                 assert s.gateway.alive()
                 assert all(seconds < 5 for _, seconds in statuses.values()), statuses
+                # refused at the NOTIFY itself (400 with the XML_* code in the Warning),
+                # not answered 200 and dropped later
+                assert {status for status, _ in statuses.values()} == {400}, statuses
+                assert clean_response.status == 200
 
 
 async def test_xmpp_stream_with_a_dtd_is_stopped_by_the_server(gw: Stack) -> None:
