@@ -39,7 +39,7 @@ from canonical.envelope import Origin
 from gateway.core import DeliveryPolicy, Gateway
 from gateway.routing import Route, RoutingTable, SeenSet
 from gateway.security import Rules
-from gateway.store.sqlite import SqliteStore
+from gateway.store.sqlite import SqliteStore, Synchronous
 
 TOKEN = "benchmark-token"
 BODY = (
@@ -110,7 +110,9 @@ async def ceiling(messages: int, senders: int) -> float:
         await runner.cleanup()
 
 
-async def through_api(messages: int, senders: int, directory: Path) -> tuple[float, float]:
+async def through_api(
+    messages: int, senders: int, directory: Path, synchronous: Synchronous = "full"
+) -> tuple[float, float]:
     """(accepted/s as the load saw it, delivered/s from the first request to the last send)."""
     path = directory / f"bench-{time.time_ns()}.db"
     context = AdapterContext(gateway_id="bench", logger=logging.getLogger("bench"))
@@ -119,7 +121,7 @@ async def through_api(messages: int, senders: int, directory: Path) -> tuple[flo
         CpimHttpConfig(
             port=0,
             database=path,
-            synchronous="full",
+            synchronous=synchronous,
             clients=[ClientConfig(name="bot", token_sha256=digest(TOKEN), send_as=["*@bots.test"])],
         ),
         context,
@@ -128,7 +130,7 @@ async def through_api(messages: int, senders: int, directory: Path) -> tuple[flo
     gateway = Gateway(
         gateway_id="bench",
         adapters={"api": api, "net": net},
-        store=SqliteStore(path, synchronous="full"),
+        store=SqliteStore(path, synchronous=synchronous),
         routing=RoutingTable([Route("bots.test", "api"), Route("example.net", "net")]),
         rules=Rules(rate=0),
         delivery=DeliveryPolicy(concurrency=256),
@@ -163,18 +165,18 @@ def mapping_rate(seconds: float = 1.0) -> float:
     return n / elapsed
 
 
-async def main(messages: int, senders: int, rounds: int) -> None:
+async def main(messages: int, senders: int, rounds: int, synchronous: Synchronous) -> None:
     echo, accepted, delivered = [], [], []
     with tempfile.TemporaryDirectory(prefix="cpimgw-bench-") as tmp:
         for _ in range(rounds):
             echo.append(await ceiling(messages, senders))
-            got, done = await through_api(messages, senders, Path(tmp))
+            got, done = await through_api(messages, senders, Path(tmp), synchronous)
             accepted.append(got)
             delivered.append(done)
     mapped = mapping_rate()
     e, a, d = (statistics.median(x) for x in (echo, accepted, delivered))
     print(
-        f"{messages} messages, {senders} senders, {rounds} rounds"
+        f"{messages} messages, {senders} senders, {rounds} rounds, synchronous={synchronous}"
         " (medians; the load comes from a child process)"
     )
     print(f"  aiohttp echo endpoint (ceiling)       {e:10,.0f} req/s   1.00")
@@ -193,5 +195,6 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--senders", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--synchronous", choices=["full", "normal"], default="full")
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.senders, args.rounds))
+    asyncio.run(main(args.messages, args.senders, args.rounds, args.synchronous))

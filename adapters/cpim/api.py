@@ -13,6 +13,7 @@ code, line and byte offset.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -238,9 +239,9 @@ class Api:
             )
         envelope = reading.envelope
         receipt = await deliver(envelope)
-        await self.ledger.accepted(
+        self.ledger.accepted(
             envelope.identity, principal.name, envelope.operation.value, at=now
-        )
+        ).add_done_callback(self._recorded)
         failed = envelope.attributes.get(REPORT_IDENTITY)
         if principal.kind == "peer" and failed is not None:
             # A peer reports the final failure of an operation that went out through
@@ -263,6 +264,13 @@ class Api:
             status=202,
             headers={"Location": location, ID: envelope.identity},
         )
+
+    def _recorded(self, written: asyncio.Future[Any]) -> None:
+        if not written.cancelled() and written.exception() is not None:
+            self.log.error(
+                "http %s: a status row was not written: %s", self.name, written.exception()
+            )
+            self.count("http_status_lost", adapter=self.name)
 
     def _native(self, request: web.Request, principal: Principal, body: bytes) -> HttpRequest:
         carried = {name.lower() for name in CARRIED}

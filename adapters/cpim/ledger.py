@@ -266,9 +266,17 @@ class Ledger:
 
     # -- statuses ---------------------------------------------------------------------
 
-    async def accepted(self, identity: str, principal: str, operation: str, *, at: float) -> None:
-        """Record an operation the gateway accepted (a duplicate keeps the first row)."""
-        await self._submit(
+    def accepted(
+        self, identity: str, principal: str, operation: str, *, at: float
+    ) -> asyncio.Future[Any]:
+        """Record an operation the gateway accepted (a duplicate keeps the first row).
+
+        Returns the write's future without waiting for it: the operation itself is
+        already in the gateway's store, and every later read of this ledger (a status
+        request) is queued behind this write, so it sees the row. Only a crash within
+        the next commit round (milliseconds) can lose the row — never the operation.
+        """
+        return self._submit(
             lambda c: c.execute(
                 "INSERT OR IGNORE INTO cpimhttp_status VALUES (?, ?, ?, 'accepted', NULL, NULL,"
                 " ?, ?)",

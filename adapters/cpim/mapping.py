@@ -642,10 +642,9 @@ FROM_STATUS: dict[int, tuple[Reason, bool]] = {
     508: (Reason.LOOP, False),
 }
 
-#: Reasons worth another attempt when a peer names them (the rest are final).
-RETRYABLE = frozenset(
-    {Reason.RATE_LIMITED, Reason.TIMEOUT, Reason.UNAVAILABLE, Reason.INTERNAL, Reason.EXPIRED}
-)
+#: Reasons worth another attempt when a peer names them (the rest are final; an
+#: ``expired`` peer has given up already). docs/mapping/errors.md, "Retry?".
+RETRYABLE = frozenset({Reason.RATE_LIMITED, Reason.TIMEOUT, Reason.UNAVAILABLE, Reason.INTERNAL})
 
 #: RFC 3860 §3.4.1 status of each state of the status resource.
 CPIM_STATUS = {"accepted": None, "delivered": "success", "failed": "failure"}

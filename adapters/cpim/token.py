@@ -15,6 +15,7 @@ Pure: no I/O (the shell reads tokens from the environment before building these)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -66,21 +67,30 @@ class AddressPattern:
 
     def matches(self, address: str) -> bool:
         """Whether ``address`` (a URI or JID) falls under this pattern."""
-        try:
-            parsed = Address.parse(address)
-        except (ParseError, TypeError):
+        parts = _parts(address)
+        if parts is None:
             return False
-        if self.scheme is not None and _SAME.get(parsed.scheme, parsed.scheme) != _SAME.get(
-            self.scheme, self.scheme
-        ):
+        scheme, user, domain = parts
+        if self.scheme is not None and scheme != _SAME.get(self.scheme, self.scheme):
             return False
-        if self.user is not None and parsed.user != self.user:
+        if self.user is not None and user != self.user:
             return False
-        return domain_matches(parsed.domain, self.domain)
+        return domain_matches(domain, self.domain)
 
     def __str__(self) -> str:
         scheme = f"{self.scheme}:" if self.scheme else ""
         return f"{scheme}{self.user or '*'}@{self.domain}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _parts(address: str) -> tuple[str, str | None, str] | None:
+    """(scheme with pres: read as im:, user, routing domain) of an address, or None when
+    it does not parse. Cached: callers send from a few addresses over and over."""
+    try:
+        parsed = Address.parse(address)
+    except (ParseError, TypeError):
+        return None
+    return _SAME.get(parsed.scheme, parsed.scheme), parsed.user, parsed.domain
 
 
 def patterns(texts: Iterable[str]) -> tuple[AddressPattern, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from adapters.cpim.adapter import CpimHttpAdapter
 from adapters.cpim.mapping import (
     FROM_STATUS,
     HTTP_STATUS,
+    RETRYABLE,
     HttpMapper,
     HttpRequest,
     decode_value,
@@ -39,6 +41,7 @@ from canonical.errors import GatewayError, MappingError, ParseError, Reason
 from canonical.policy import STRICT
 from tests.pki import make_ca, make_leaf
 
+ROOT = Path(__file__).resolve().parents[2]
 MAPPER = HttpMapper(adapter="api")
 ORIGIN = Origin(adapter="api", peer="gw-a")
 SIGNED = smime.payload_from_entity(
@@ -280,6 +283,20 @@ def test_every_reason_has_an_http_status_and_comes_back() -> None:
         back = error_from_status(status, {"reason": reason.value}, retry_after=None, where="x")
         assert back.reason is reason
         assert status in FROM_STATUS  # the status alone reads back to some reason too
+
+
+def test_status_table_is_the_one_in_docs_mapping_errors() -> None:
+    """docs/mapping/errors.md is the single table: its HTTP and Retry? columns."""
+    rows = {}
+    text = (ROOT / "docs" / "mapping" / "errors.md").read_text("utf-8")
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`") and cells[4][:3].isdigit():
+            rows[Reason(cells[0].strip("`"))] = (int(cells[4][:3]), cells[5])
+    assert set(rows) == set(Reason)
+    for reason, (status, retry) in rows.items():
+        assert HTTP_STATUS[reason] == status, reason
+        assert (reason in RETRYABLE) == retry.startswith(("yes", "after")), reason
 
 
 def test_peer_status_without_body_reads_by_class() -> None:
