@@ -156,11 +156,18 @@ class SipPhone:
         return Request.build(method, uri, headers, body)
 
     async def register(self, expires: int = 600) -> Response:
+        """Bind our address to this phone (RFC 3261 §10.2)."""
+        return await self.bind(self.user, self._contact(), expires=expires)
+
+    async def bind(self, user: str, contact: str, *, expires: int = 600) -> Response:
+        """REGISTER ``user``@domain at ``contact`` (a third-party registration, §10.2:
+        the benchmark binds many users to one SIPp receiver this way)."""
+        aor = f"sip:{user}@{self.domain}"
         request = self._request(
             "REGISTER",
             f"sip:{self.domain}",
-            f"<{self.aor}>",
-            extra=[("Contact", self._contact()), ("Expires", str(expires))],
+            f"<{aor}>",
+            extra=[("Contact", contact), ("Expires", str(expires))],
         )
         return await self.endpoint.request(request, self.proxy)
 

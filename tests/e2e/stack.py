@@ -163,29 +163,36 @@ def _same_labels(line: str, labels: Mapping[str, str]) -> bool:
     return all(found.get(k) == f'"{v}"' for k, v in labels.items())
 
 
-def _xmpp_server(kind: str, workdir: Path) -> XmppServer:
+def _xmpp_server(kind: str, workdir: Path, users: Mapping[str, str]) -> XmppServer:
     server: Any
     if kind == "prosody":
         server = ProsodyServer(workdir, domain=XMPP_DOMAIN, component=COMPONENT, secret=SECRET)
-        for user, password in XMPP_USERS.items():
+        for user, password in users.items():
             server.register(user, password)
         return server.start()  # type: ignore[no-any-return]
     # under /tmp itself: pytest's folders are 0700 and ejabberd runs as its own user
     workdir = Path(tempfile.mkdtemp(prefix="cpimgw-e2e-ejabberd-"))
     server = EjabberdServer(workdir, domain=XMPP_DOMAIN, component=COMPONENT, secret=SECRET)
     server.start()
-    for user, password in XMPP_USERS.items():
+    for user, password in users.items():
         server.register(user, password)
     return server  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager
 def stack(
-    workdir: Path, *, xmpp: str = "prosody", extra: Mapping[str, TomlValue] | None = None
+    workdir: Path,
+    *,
+    xmpp: str = "prosody",
+    extra: Mapping[str, TomlValue] | None = None,
+    users: Mapping[str, str] | None = None,
+    kamailio_shm_mb: int = 256,
+    kamailio_children: int | None = None,
 ) -> Iterator[Stack]:
-    """XMPP server + Kamailio + ``cpimgw run``, all stopped on exit whatever happened."""
+    """XMPP server + Kamailio + ``cpimgw run``, all stopped on exit whatever happened.
+    ``users`` (user -> password) replaces the default XMPP accounts."""
     with contextlib.ExitStack() as stop:
-        server = _xmpp_server(xmpp, workdir / xmpp)
+        server = _xmpp_server(xmpp, workdir / xmpp, XMPP_USERS if users is None else users)
         stop.callback(server.stop)
         if isinstance(server, EjabberdServer):
             stop.callback(shutil.rmtree, server.workdir, ignore_errors=True)
@@ -196,6 +203,8 @@ def stack(
             sip_domain=SIP_DOMAIN,
             gateway_domain=XMPP_DOMAIN,
             gateway=f"sip:127.0.0.1:{sip_port};transport=udp",
+            shm_mb=kamailio_shm_mb,
+            children=kamailio_children,
         )
         proxy = ServerProcess(
             "kamailio",
