@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from adapters.contract import Mapped
 from adapters.sip import header as hdr
-from adapters.sip.codec import DEFAULT_LIMITS, Limits, Request, Response, parse
+from adapters.sip.codec import DEFAULT_LIMITS, Limits, Request, Response, canonical_name, parse
 from canonical import cpim
 from canonical.address import Address
 from canonical.envelope import (
@@ -501,8 +501,7 @@ class SipMapper:
             from_display=attrs.get("sip.from-display"),
             to_display=attrs.get("sip.to-display"),
         )
-        for name, value in json.loads(attrs.get("sip.headers", "[]")):
-            headers.append((str(name), str(value)))
+        headers.extend(_carried_headers(attrs.get("sip.headers")))
         headers.append(("Content-Type", payload.content_type))
         return Mapped(Request.build("MESSAGE", recipient, headers, payload.body))
 
@@ -776,6 +775,31 @@ def _one_line(text: str) -> str:
 
 def _title(key: str) -> str:
     return "-".join(part.capitalize() for part in key.split("-"))
+
+
+def _carried_headers(value: str | None) -> list[tuple[str, str]]:
+    """The end-to-end headers an envelope's ``sip.headers`` attribute carries (written by
+    :meth:`SipMapper._envelope_attributes` for law L2). Attributes can come from other
+    adapters too (the HTTP API passes ``Cpimgw-Attribute`` through), so only what the
+    inbound side itself would have kept is written: never a transport, routing or identity
+    header (Via, Route, P-Asserted-Identity ... RFC 3261 §16.6, RFC 3325 §9), never a name
+    that is not a token; an unreadable attribute is a MappingError."""
+    if not value:
+        return []
+    try:
+        items = json.loads(value)
+        pairs = [(str(name), str(text)) for name, text in items]
+    except (ValueError, TypeError) as exc:
+        raise MappingError(
+            f"the sip.headers attribute is not a list of [name, value] pairs: {exc}",
+            reason=Reason.BAD_REQUEST,
+            hint="only the SIP adapter writes sip.headers",
+        ) from None
+    return [
+        (name, text)
+        for name, text in pairs
+        if _EXT_NAME.fullmatch(name) and canonical_name(name) not in TRANSPORT_HEADERS
+    ]
 
 
 def _imdn_attributes(body: bytes, policy: Policy) -> dict[str, str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 
 from adapters.contract import AdapterContext
+from adapters.cpim.adapter import CpimHttpAdapter
+from adapters.sip.adapter import SipAdapter
 from adapters.xmpp.adapter import XmppAdapter
-from canonical.envelope import Origin
-from canonical.errors import ParseError, Reason
+from canonical.envelope import Envelope, Origin
+from canonical.errors import MappingError, ParseError, Reason
 
 XMPP = XmppAdapter("xmpp", XmppAdapter.sample().config, AdapterContext()).mapper
 
@@ -39,3 +41,40 @@ def test_xmpp_stanza_whose_address_cannot_be_a_cpim_uri_is_refused_as_bad_reques
         XMPP.to_canonical(stanza, origin=Origin(adapter="xmpp"), received_at=0.0)
     assert caught.value.code == "STANZA_UNMAPPABLE"
     assert caught.value.reason is Reason.BAD_REQUEST
+
+
+HTTP = CpimHttpAdapter("cpim", CpimHttpAdapter.sample().config, AdapterContext()).mapper
+SIP = SipAdapter("sip", SipAdapter.sample().config, AdapterContext()).mapper
+BOT_ORIGIN = Origin(adapter="cpim", peer="bot")
+
+
+def http_message(*headers: bytes) -> Envelope:
+    raw = (
+        b"POST /v1/messages HTTP/1.1\r\nCpimgw-From: im:bot@bots.test\r\n"
+        b"Cpimgw-To: sip:bob@example.net\r\n"
+        + b"".join(h + b"\r\n" for h in headers)
+        + b"Content-Type: message/cpim\r\n\r\n"
+        b"From: <im:bot@bots.test>\r\nTo: <sip:bob@example.net>\r\n\r\n"
+        b"Content-Type: text/plain\r\n\r\nhi"
+    )
+    return HTTP.read(HTTP.decode(raw), origin=BOT_ORIGIN, received_at=0.0).envelope
+
+
+def test_sip_request_never_takes_routing_or_identity_headers_from_envelope_attributes() -> None:
+    # http_request: an API client's Cpimgw-Attribute sip.headers reached the SIP request
+    # verbatim, so it could add P-Asserted-Identity (RFC 3325) or Route headers
+    envelope = http_message(
+        b'Cpimgw-Attribute: sip.headers=[["P-Asserted-Identity","<sip:boss@example.net>"],'
+        b'["Route","<sip:evil.example;lr>"],["v","SIP/2.0/UDP evil"],["Subject","kept"]]'
+    )
+    request = SIP.from_canonical(envelope).value
+    assert request.get("P-Asserted-Identity") is None
+    assert request.get("Route") is None
+    assert len(request.get_all("Via")) == 0
+    assert request.get("Subject") == "kept"  # end-to-end headers still travel (law L2)
+
+
+def test_unreadable_sip_headers_attribute_is_a_mapping_error() -> None:
+    envelope = http_message(b"Cpimgw-Attribute: sip.headers=not json")
+    with pytest.raises(MappingError):
+        SIP.from_canonical(envelope)
