@@ -503,7 +503,14 @@ class SipMapper:
         )
         headers.extend(_carried_headers(attrs.get("sip.headers")))
         headers.append(("Content-Type", payload.content_type))
-        return Mapped(Request.build("MESSAGE", recipient, headers, payload.body))
+        try:
+            return Mapped(Request.build("MESSAGE", recipient, headers, payload.body))
+        except ValueError as exc:  # CR/LF in a value the payload or attributes brought
+            raise MappingError(
+                f"the message cannot be written as a SIP request: {exc}",
+                reason=Reason.BAD_REQUEST,
+                hint="header values (Content-Type, display names) may not hold line breaks",
+            ) from None
 
     def _restore(
         self, envelope: Envelope, message: cpim.CpimMessage, recipient: str

@@ -9,7 +9,7 @@ from adapters.contract import AdapterContext
 from adapters.cpim.adapter import CpimHttpAdapter
 from adapters.sip.adapter import SipAdapter
 from adapters.xmpp.adapter import XmppAdapter
-from canonical.envelope import Envelope, Origin
+from canonical.envelope import Envelope, Origin, Payload
 from canonical.errors import MappingError, ParseError, Reason
 
 XMPP = XmppAdapter("xmpp", XmppAdapter.sample().config, AdapterContext()).mapper
@@ -78,3 +78,14 @@ def test_unreadable_sip_headers_attribute_is_a_mapping_error() -> None:
     envelope = http_message(b"Cpimgw-Attribute: sip.headers=not json")
     with pytest.raises(MappingError):
         SIP.from_canonical(envelope)
+
+
+def test_content_type_with_a_line_break_is_a_mapping_error_on_the_sip_side() -> None:
+    # http_request: a Content-Type holding a bare LF made Request.build raise ValueError in
+    # send(), which the core retried as an internal error until the message expired
+    envelope = http_message().replace(
+        payload=Payload("message/cpim;\nx=1", http_message().payload.body)  # type: ignore[union-attr]
+    )
+    with pytest.raises(MappingError) as caught:
+        SIP.from_canonical(envelope)
+    assert caught.value.reason is Reason.BAD_REQUEST
