@@ -139,15 +139,16 @@ def _write(element: ET.Element, parent_ns: str, out: list[str], *, top: bool) ->
 
 
 def wire_size(element: ET.Element) -> int:
-    """The characters of the element's names (namespaces included), attribute names and
-    values and text: the stanza's size on the wire without its markup punctuation, a lower
-    bound a few dozen characters short of :func:`serialize`'s length for an ordinary stanza,
-    counted without writing it."""
-    size = 0
+    """A lower bound of the element's size on the wire, counted without writing it: the
+    characters of its element names (without namespaces), attribute names and values and
+    text. For an ordinary stanza it is a few dozen characters short of the length of
+    :func:`serialize` (markup, namespace declarations and escapes are not counted)."""
+    size = -len(element.tail or "")  # what follows the stanza in the stream is not its own
     for item in element.iter():
-        size += len(item.tag) + len(item.text or "") + len(item.tail or "")
+        tag = item.tag
+        size += len(tag) - tag.rfind("}") - 1 + len(item.text or "") + len(item.tail or "")
         for key, value in item.attrib.items():
-            size += len(key) + len(value)
+            size += len(key) - key.rfind("}") - 1 + len(value)
     return size
 
 
