@@ -89,3 +89,32 @@ def test_content_type_with_a_line_break_is_a_mapping_error_on_the_sip_side() -> 
     with pytest.raises(MappingError) as caught:
         SIP.from_canonical(envelope)
     assert caught.value.reason is Reason.BAD_REQUEST
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adapters/cpim/mapping.py HttpMapper.encode writes header values as latin-1: a "
+    "payload Content-Type with other characters (an XMPP carriage type='text/plain; x=П') "
+    "raises UnicodeEncodeError instead of MappingError",
+)
+def test_http_encode_of_a_content_type_latin_1_cannot_hold_is_a_mapping_error() -> None:
+    envelope = http_message().replace(
+        payload=Payload("text/plain; x=\u041f", b"hi"),
+    )
+    with pytest.raises(MappingError):
+        HTTP.encode(HTTP.from_canonical(envelope).value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="adapters/cpim: an API client's Cpimgw-Attribute sets any envelope attribute, "
+    "the adapter-private ones too (sip.from-display, sip.to, xmpp.id, xmpp.origin-id), so "
+    "a client chooses the SIP display name and To, or the XMPP stanza ids, of what it sends",
+)
+def test_api_client_cannot_set_another_adapters_private_attributes() -> None:
+    envelope = http_message(
+        b"Cpimgw-Attribute: sip.from-display=The Boss",
+        b"Cpimgw-Attribute: xmpp.origin-id=someone-elses-id",
+    )
+    assert "sip.from-display" not in envelope.attributes
+    assert "xmpp.origin-id" not in envelope.attributes

@@ -18,18 +18,29 @@ from tests.fuzz.__main__ import REGRESSIONS, fuzz
 CI_SECONDS = 3
 
 
-def regression_inputs() -> list[tuple[str, Path]]:
-    return [
-        (target, path)
-        for target in TARGETS
-        for path in sorted((REGRESSIONS / target).glob("*"))
-        if path.is_file()
-    ]
+#: Regression inputs whose bug is open in code this suite does not own: replayed as strict
+#: xfails (they pass again, and so fail here, the day the bug is fixed).
+KNOWN_OPEN = {
+    "xmpp_stanza/e2e-content-type-not-latin-1.xml": (
+        "adapters/cpim/mapping.py HttpMapper.encode raises UnicodeEncodeError for a "
+        "Content-Type latin-1 cannot hold (here from an RFC 3923 <e2e/> entity's header)"
+    ),
+}
 
 
-@pytest.mark.parametrize(
-    ("target", "path"), regression_inputs(), ids=lambda v: str(v).split("/")[-1]
-)
+def regression_inputs() -> list[object]:
+    out: list[object] = []
+    for target in TARGETS:
+        for path in sorted((REGRESSIONS / target).glob("*")):
+            if not path.is_file():
+                continue
+            reason = KNOWN_OPEN.get(f"{target}/{path.name}")
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            out.append(pytest.param(target, path, marks=marks, id=f"{target}/{path.name}"))
+    return out
+
+
+@pytest.mark.parametrize(("target", "path"), regression_inputs())
 def test_regression_input_gives_only_documented_errors(target: str, path: Path) -> None:
     harness = importlib.import_module(f"tests.fuzz.{target}")
     with contextlib.suppress(*harness.ALLOWED):
