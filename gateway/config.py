@@ -16,6 +16,8 @@ Durations are seconds, or a number with a unit: ``500ms``, ``30s``, ``10m``, ``2
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import tomllib
@@ -427,6 +429,19 @@ def _dangling_routes(
     return out
 
 
+def _decode_env_json(name: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Adapter keys set from the environment arrive as text (the settings cannot know an
+    adapter's key types); a JSON list or table there is decoded, so
+    ``CPIMGW_ADAPTERS__SIP__CREDENTIALS='[{"username": "gw", "password": "..."}]'`` works."""
+    from_env = {k.upper() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+    for key, value in raw.items():
+        variable = f"{ENV_PREFIX}ADAPTERS__{name}__{key}".upper()
+        if isinstance(value, str) and value.lstrip()[:1] in ("[", "{") and variable in from_env:
+            with contextlib.suppress(ValueError):
+                raw[key] = json.loads(value)
+    return raw
+
+
 def parse(text: str, *, file: str = "<config>", base: Path | None = None) -> Config:
     """Check a config text; raises :class:`ConfigFileError` listing everything wrong."""
     try:
@@ -460,7 +475,7 @@ def parse(text: str, *, file: str = "<config>", base: Path | None = None) -> Con
 
     adapters: dict[str, AdapterSetup] = {}
     for name, section in settings.adapters.items():
-        raw = dict(section)
+        raw = _decode_env_json(name, dict(section))
         kind = str(raw.pop("kind", name))
         try:
             cls = load(kind)

@@ -136,6 +136,20 @@ def test_environment_overrides_secrets_and_is_named_in_errors(
     assert "CPIMGW_DELIVERY__MAX_ATTEMPTS" in problem
 
 
+def test_a_json_list_from_the_environment_sets_a_list_valued_adapter_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = GOOD + (
+        '\n[adapters.sip]\nproxy = "sip:127.0.0.1:5060"\ndomains = ["xmpp.example.com"]\n'
+    )
+    monkeypatch.setenv(
+        "CPIMGW_ADAPTERS__SIP__CREDENTIALS", '[{"username": "gw", "password": "from-env"}]'
+    )
+    [credential] = parse(text).adapters["sip"].config.credentials  # type: ignore[attr-defined]
+    assert credential.username == "gw"
+    assert credential.password.get_secret_value() == "from-env"
+
+
 def test_unreadable_trust_anchor_is_a_problem(tmp_path: Path) -> None:
     [problem] = problems(GOOD + 'trust = ["missing-ca.pem"]\n')
     assert "security.trust: cannot read trust anchors" in problem
