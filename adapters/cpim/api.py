@@ -25,6 +25,8 @@ from aiohttp import hdrs, web
 from adapters.contract import Deliver
 from adapters.cpim.ledger import Ledger, Status
 from adapters.cpim.mapping import (
+    APPLICATION_ATTRIBUTES,
+    ATTRIBUTE,
     CARRIED,
     ID,
     REPORT_IDENTITY,
@@ -228,6 +230,13 @@ class Api:
             origin=Origin(adapter=self.name, peer=principal.name, context={"kind": principal.kind}),
             received_at=now,
         )
+        refused = [loss.field for loss in reading.envelope.losses if ATTRIBUTE in loss.field]
+        if refused:
+            raise ParseError(
+                "HTTP_PRIVATE_ATTRIBUTE",
+                f"an application may not set {', '.join(refused)}",
+                hint="applications may set: " + ", ".join(sorted(APPLICATION_ATTRIBUTES)),
+            )
         self._check_sender(principal, reading)
         deliver = self.deliver
         if deliver is None:

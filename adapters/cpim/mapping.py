@@ -56,6 +56,7 @@ from canonical.envelope import (
 from canonical.errors import (
     DeliveryError,
     GatewayError,
+    Loss,
     MappingError,
     ParseError,
     Reason,
@@ -107,6 +108,7 @@ _IDENTITY = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _GATEWAY_ID = re.compile(r"[A-Za-z0-9._~:-]{1,128}")
 _ATTR_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_TEXT = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
 _MAX_HOPS = 255
 
 
@@ -249,6 +251,42 @@ def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+# -- who may set what --------------------------------------------------------------
+
+#: Envelope attributes an application may set: IMDN requests and ids (RFC 5438) and a
+#: presentity's subscription state (RFC 6665 §4.1.3). The rest belong to the core and
+#: to the other adapters (``sip.*``, ``xmpp.*``, ``report.*``, ``signature.*``): only a
+#: peer gateway, which carries them from its own adapters, may send those.
+APPLICATION_ATTRIBUTES = frozenset(
+    {
+        "imdn.message-id",
+        "imdn.disposition-notification",
+        "subscription.state",
+        "subscription.reason",
+    }
+)
+#: ``Origin.context["kind"]`` of a peer gateway (set by the shell after mutual TLS).
+PEER = "peer"
+
+
+def trusted(origin: Origin) -> bool:
+    """Whether the request came from a peer gateway (all attributes carried)."""
+    return origin.context.get("kind") == PEER
+
+
+def application_attributes(
+    attributes: Mapping[str, str],
+) -> tuple[dict[str, str], tuple[Loss, ...]]:
+    """The attributes an application may set, and a Loss for each one it may not."""
+    kept = {k: v for k, v in attributes.items() if k in APPLICATION_ATTRIBUTES}
+    dropped = tuple(
+        Loss(f"{ATTRIBUTE}: {name}", "only peer gateways set this attribute")
+        for name in sorted(attributes)
+        if name not in APPLICATION_ATTRIBUTES
+    )
+    return kept, dropped
+
+
 # -- reading the object -------------------------------------------------------------
 
 
@@ -375,7 +413,8 @@ class HttpMapper:
     def to_canonical(
         self, native: HttpRequest, *, origin: Origin, received_at: float
     ) -> Mapped[Envelope]:
-        return Mapped(self.read(native, origin=origin, received_at=received_at).envelope)
+        envelope = self.read(native, origin=origin, received_at=received_at).envelope
+        return Mapped(envelope, envelope.losses)
 
     def read(self, native: HttpRequest, *, origin: Origin, received_at: float) -> Reading:
         """The envelope of a request, and the authors its object names.
@@ -424,6 +463,9 @@ class HttpMapper:
         hops = _int_header(native, MAX_FORWARDS, low=0, high=_MAX_HOPS)
         trace = read_trace(native.get(TRACE))
         attributes = read_attributes(native.get_all(ATTRIBUTE))
+        losses: tuple[Loss, ...] = ()
+        if not trusted(origin):
+            attributes, losses = application_attributes(attributes)
         native_id = native.get(ID)
         if native_id is not None:
             native_id = native_id.strip()
@@ -461,6 +503,7 @@ class HttpMapper:
             received_at=received_at,
             duration=duration if operation is Operation.SUBSCRIBE else None,
             granted=granted,
+            losses=losses,
             attributes=attributes,
         )
         return Reading(envelope, authors)
@@ -505,7 +548,25 @@ class HttpMapper:
     # -- canonical -> native ---------------------------------------------------------
 
     def from_canonical(self, envelope: Envelope) -> Mapped[HttpRequest]:
+        """The request for ``envelope``. MappingError when a value cannot be an HTTP
+        header (a Content-Type or gateway id outside visible US-ASCII, RFC 9110 §5.5)."""
         method, path = ROUTES[envelope.operation]
+        for hop in envelope.trace:
+            if not _GATEWAY_ID.fullmatch(hop):
+                raise MappingError(
+                    f"gateway id {hop[:40]!r} in the transport history cannot be a {TRACE} entry",
+                    reason=Reason.BAD_REQUEST,
+                    hint="gateway ids are letters, digits and . _ ~ : -",
+                )
+        if envelope.payload is not None and not _HEADER_TEXT.fullmatch(
+            envelope.payload.content_type
+        ):
+            raise MappingError(
+                f"the content type {envelope.payload.content_type[:60]!r} cannot be an HTTP"
+                " header value (visible US-ASCII only)",
+                reason=Reason.UNSUPPORTED_MEDIA,
+                hint="RFC 2231 encodes non-ASCII parameter values",
+            )
         headers: list[tuple[str, str]] = [
             (FROM, encode_value(envelope.sender)),
             (TO, encode_value(envelope.recipient)),

@@ -147,6 +147,9 @@ async def test_each_refusal_has_its_status_and_precise_reason(tmp_path: Path) ->
             "no hops": await post(s, url, cpim("x"), headers={"Max-Forwards": "0"}),
             "unsigned": await post(s, url, cpim("x")),
             "muted": await post(s, url, cpim("x"), who="mute"),
+            "private attribute": await post(
+                s, url, cpim("x"), headers={"Cpimgw-Attribute": "sip.from-display=Boss"}
+            ),
         }
     expected = {
         "no token": (401, "unauthenticated"),
@@ -161,6 +164,7 @@ async def test_each_refusal_has_its_status_and_precise_reason(tmp_path: Path) ->
         "no hops": (508, "loop"),
         "unsigned": (403, "signature-invalid"),
         "muted": (403, "forbidden"),
+        "private attribute": (400, "bad-request"),
     }
     got = {k: (v[0], v[2].get("reason")) for k, v in cases.items()}
     assert got == expected
@@ -170,6 +174,7 @@ async def test_each_refusal_has_its_status_and_precise_reason(tmp_path: Path) ->
     assert (lf["code"], lf["line"]) == ("BARE_LF", 1)
     assert lf["offset"] == cpim("x").index(b"\r\nTo")
     assert "im:bot@bots.test" in str(cases["From not owned"][2]["hint"])
+    assert cases["private attribute"][2]["code"] == "HTTP_PRIVATE_ATTRIBUTE"
     assert net(gw).sent == []
 
 

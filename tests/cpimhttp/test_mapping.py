@@ -43,7 +43,8 @@ from tests.pki import make_ca, make_leaf
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPER = HttpMapper(adapter="api")
-ORIGIN = Origin(adapter="api", peer="gw-a")
+ORIGIN = Origin(adapter="api", peer="gw-a", context={"kind": "peer"})
+APP = Origin(adapter="api", peer="bot", context={"kind": "client"})
 SIGNED = smime.payload_from_entity(
     vectorset.root().joinpath("signed", "s01-multipart-signed.mime").read_bytes()
 )
@@ -319,6 +320,46 @@ def test_failure_report_reads_back_as_the_same_failure() -> None:
     assert back.reason is Reason.UNKNOWN_DESTINATION
     report = MAPPER.to_canonical(native, origin=ORIGIN, received_at=1.0).value
     assert report == report_of(envelope, error).replace(origin=report.origin, received_at=1.0)
+
+
+def test_an_application_sets_only_its_own_attributes_a_peer_carries_all() -> None:
+    headers = (
+        ("Content-Type", CPIM),
+        ("Cpimgw-Attribute", "imdn.message-id=m-1"),
+        ("Cpimgw-Attribute", "sip.from-display=The%20Boss"),
+        ("Cpimgw-Attribute", "xmpp.origin-id=someone-elses"),
+    )
+    request = HttpRequest("POST", "/v1/messages", headers, cpim_body("x"))
+    app = MAPPER.to_canonical(request, origin=APP, received_at=1.0)
+    assert dict(app.value.attributes) == {"imdn.message-id": "m-1"}
+    assert [loss.field for loss in app.losses] == [
+        "Cpimgw-Attribute: sip.from-display",
+        "Cpimgw-Attribute: xmpp.origin-id",
+    ]
+    unknown = MAPPER.to_canonical(request, origin=Origin("api"), received_at=1.0).value
+    assert "sip.from-display" not in unknown.attributes
+    peer = MAPPER.to_canonical(request, origin=ORIGIN, received_at=1.0).value
+    assert peer.attributes["sip.from-display"] == "The Boss"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"payload": Payload("text/plain; x=\u041f", b"hi")}, Reason.UNSUPPORTED_MEDIA),
+        ({"payload": Payload("message/cpim\r\nX-Injected: 1", b"hi")}, Reason.UNSUPPORTED_MEDIA),
+        ({"trace": ("gw a\r\nX: 1",)}, Reason.BAD_REQUEST),
+    ],
+)
+def test_values_no_header_can_hold_are_mapping_errors(
+    changes: dict[str, object], reason: Reason
+) -> None:
+    envelope = Envelope(
+        Operation.MESSAGE, "im:a@example.com", "im:b@example.com",
+        Payload(CPIM, cpim_body("x")), "i", ORIGIN,
+    ).replace(**changes)  # fmt: skip
+    with pytest.raises(MappingError) as caught:
+        MAPPER.encode(MAPPER.from_canonical(envelope).value)
+    assert caught.value.reason is reason
 
 
 def test_event_carries_the_payload_exactly() -> None:
