@@ -579,15 +579,17 @@ class HttpMapper:
             headers.append((DURATION, str(envelope.duration)))
         if envelope.operation is Operation.AUTHORIZE:
             headers.append((GRANTED, "true" if envelope.granted else "false"))
-        headers += [
-            (ATTRIBUTE, f"{name}={urllib.parse.quote(value, safe='')}")
-            for name, value in sorted(envelope.attributes.items())
-        ]
+        lost: list[Loss] = []
+        for name, value in sorted(envelope.attributes.items()):
+            if _ATTR_NAME.fullmatch(name):
+                headers.append((ATTRIBUTE, f"{name}={urllib.parse.quote(value, safe='')}"))
+            else:
+                lost.append(Loss(f"attribute {name[:40]!r}", "the name cannot be a header value"))
         body = b""
         if envelope.payload is not None and envelope.operation in MEDIA:
             headers.append((CONTENT_TYPE, envelope.payload.content_type))
             body = envelope.payload.body
-        return Mapped(HttpRequest(method, path, tuple(headers), body))
+        return Mapped(HttpRequest(method, path, tuple(headers), body), tuple(lost))
 
     # -- failures (ErrorMapper) ------------------------------------------------------
 

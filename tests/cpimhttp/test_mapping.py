@@ -362,6 +362,17 @@ def test_values_no_header_can_hold_are_mapping_errors(
     assert caught.value.reason is reason
 
 
+def test_attribute_names_no_header_can_hold_are_reported_losses() -> None:
+    envelope = Envelope(
+        Operation.MESSAGE, "im:a@example.com", "im:b@example.com",
+        Payload(CPIM, cpim_body("x")), "i", ORIGIN,
+        attributes={"ok.name": "v", "bad name\r\nX-Injected": "v"},
+    )  # fmt: skip
+    mapped = MAPPER.from_canonical(envelope)
+    assert [v for k, v in mapped.value.headers if k == "Cpimgw-Attribute"] == ["ok.name=v"]
+    assert len(mapped.losses) == 1
+
+
 def test_event_carries_the_payload_exactly() -> None:
     body = bytes(range(256))
     envelope = Envelope(
