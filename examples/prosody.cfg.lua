@@ -31,9 +31,9 @@ http_ports = {}
 https_ports = {}
 
 local modules = { "roster"; "saslauth"; "disco"; "ping"; "offline"; }
+certificates = ENV_PROSODY_CERTS or (dir .. "/certs")
 if ENV_PROSODY_CERTS then
   modules[#modules + 1] = "tls"
-  certificates = ENV_PROSODY_CERTS
   c2s_require_encryption = true
 else
   c2s_require_encryption = false

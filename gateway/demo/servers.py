@@ -246,6 +246,7 @@ def prosody_register(env: Mapping[str, str], user: str, domain: str, password: s
 def prosody(workdir: Path, env: Mapping[str, str]) -> Service:
     """Prosody on ``examples/prosody.cfg.lua`` (not started yet)."""
     binary = find_binary("prosody", "prosody")
+    (workdir / "certs").mkdir(parents=True, exist_ok=True)  # c2s stays cleartext on loopback
     c2s, component = int(env["PROSODY_C2S_PORT"]), int(env["PROSODY_COMPONENT_PORT"])
     return Service(
         "prosody",
