@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from canonical.errors import Defect, ParseError
+from canonical.errors import Defect, ParseError, Reason
 from canonical.policy import DEFAULT, Policy, Profile, resolve
 
 __all__ = [
@@ -947,7 +947,12 @@ class _Faults:
     def fatal(self, code: str, detail: str, offset: int, line: int | None = None) -> ParseError:
         if line is None:
             line = self.data.count(b"\n", 0, offset) + 1
-        return ParseError(code, detail, line=line, offset=offset, hint=HINTS.get(code, ""))
+        # an object over the size limit is refused as too large (SIP 413, HTTP 413), not
+        # as malformed: the sender must send less, not fix its syntax
+        reason = Reason.TOO_LARGE if code == "POLICY_MESSAGE_TOO_LARGE" else None
+        return ParseError(
+            code, detail, line=line, offset=offset, hint=HINTS.get(code, ""), reason=reason
+        )
 
 
 def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:

@@ -21,7 +21,7 @@ import xml.parsers.expat
 from xml.etree.ElementTree import Element
 from xml.parsers.expat import errors as expat_errors
 
-from canonical.errors import ParseError
+from canonical.errors import ParseError, Reason
 from canonical.policy import DEFAULT, Policy
 
 #: Namespace of ``xml:lang`` and ``xml:space`` (Namespaces in XML 1.0 §3).
@@ -230,6 +230,7 @@ def parse_xml(data: bytes, *, policy: Policy | None = None) -> Element:
             f"{policy.max_message_size} bytes",
             offset=policy.max_message_size,
             hint="send a smaller document (Policy.max_message_size)",
+            reason=Reason.TOO_LARGE,
         )
     parser = xml.parsers.expat.ParserCreate(namespace_separator=_SEP)
     builder = _Builder(parser, policy)

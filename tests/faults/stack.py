@@ -84,6 +84,7 @@ class Settings:
     signatures: str = "off"
     trust: tuple[Path, ...] = ()
     rate: float = 0.0
+    burst: float = 1000.0
     max_size: int = 1024 * 1024
     sip_t1: float = 0.1
     expiry: str = "10m"
@@ -163,7 +164,7 @@ adapter = "api"
 
 [security]
 rate = {self.rate}
-burst = 1000
+burst = {self.burst}
 max_size = {self.max_size}
 trust = [{trust}]
 
