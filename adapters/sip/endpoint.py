@@ -161,6 +161,7 @@ class Endpoint:
             tls_server_name=tls_server_name,
             logger=self.logger,
             count=self.count,
+            incomplete_timeout=64 * timers.t1,
         )
         self._clients: dict[ClientKey, _Client] = {}
         self._servers: dict[ServerKey, _Server] = {}

@@ -71,6 +71,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.inbound = inbound
         self.framer = StreamFramer(transports.limits)
         self.link: Link | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -91,8 +92,39 @@ class _StreamProtocol(asyncio.Protocol):
             return
         for message in messages:
             self.transports._deliver(message, self.link.peer, self.link)
+        self._watch_partial()
+
+    def _watch_partial(self) -> None:
+        """A message begun on an inbound connection must be complete within
+        ``incomplete_timeout`` (slow clients, "slowloris"): the deadline starts with its
+        first byte and is not pushed back by a trickle; an idle connection is left alone."""
+        if not self.inbound or self.transports.incomplete_timeout is None:
+            return
+        if self.framer.pending == 0:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+        elif self._deadline is None:
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(self.transports.incomplete_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.link is None or self.framer.pending == 0:
+            return
+        self.transports.count("sip_slow_connections_total", transport=self.transport_name)
+        self.transports.logger.warning(
+            "closed %s: %d bytes of an incomplete message after %.0fs",
+            self.link.peer,
+            self.framer.pending,
+            self.transports.incomplete_timeout,
+        )
+        self.link.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self.link is not None:
             self.link.closed = True
             self.transports._unregister(self.link)
@@ -134,6 +166,7 @@ class Transports:
         logger: logging.Logger | None = None,
         count: Callable[..., None] | None = None,
         connect_timeout: float = 5.0,
+        incomplete_timeout: float | None = None,
     ) -> None:
         self.on_message = on_message
         self.on_garbage = on_garbage
@@ -144,6 +177,9 @@ class Transports:
         self.logger = logger or logging.getLogger("cpimgw.sip.transport")
         self.count: Callable[..., None] = count if count is not None else (lambda *_a, **_k: None)
         self.connect_timeout = connect_timeout
+        #: Seconds an inbound stream may take to deliver a message it has begun (None: no
+        #: limit); the endpoint sets Timer F (64*T1, RFC 3261 §17.1.2.2).
+        self.incomplete_timeout = incomplete_timeout
         self.local: dict[str, Peer] = {}
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
