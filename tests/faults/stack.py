@@ -91,7 +91,12 @@ class Settings:
     sip_proxy_transport: str = "udp"
     delivery: str = ""
     extra: str = ""
+    #: TOML lines added to the [adapters.sip] section (tls_ca_file = ..., ...).
+    sip_extra: str = ""
+    #: TOML added after the API client: [[adapters.api.clients]], [adapters.api.tls], peers.
     api_clients: str = ""
+    #: Routes added after the built-in ones.
+    routes: str = ""
 
     def toml(self) -> str:
         trust = ", ".join(f'"{p}"' for p in self.trust)
@@ -134,6 +139,7 @@ domains = ["{XMPP_DOMAIN}"]
 t1 = {self.sip_t1}
 t2 = 1.0
 t4 = 1.0
+{self.sip_extra}
 
 [adapters.api]
 kind = "cpim"
@@ -161,6 +167,7 @@ signatures = "{self.signatures}"
 [[routes]]
 match = "{API_DOMAIN}"
 adapter = "api"
+{self.routes}
 
 [security]
 rate = {self.rate}
