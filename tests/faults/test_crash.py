@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections import Counter
@@ -45,7 +46,9 @@ WINDOW = 20
 #: Messages a second the XMPP user sends: below what the gateway stores per second from one
 #: component stream on a loaded 2-core machine (about 120/s with fsync per commit), so the
 #: loss window measures the crash, not an overload (docs/reliability.md has both figures).
-XMPP_RATE = 50
+#: ``CPIMGW_FAULTS_XMPP_RATE=200`` measures the overload case instead (docs/reliability.md):
+#: the loss window is then recorded, not held to the bound below.
+XMPP_RATE = int(os.environ.get("CPIMGW_FAULTS_XMPP_RATE", "50"))
 
 
 class Arrivals:
@@ -236,4 +239,5 @@ async def test_kill_9_mid_stream_xmpp_to_sip_loses_no_stored_message(tmp_path: P
             # XEP-0114 has no acknowledgement: what Prosody had written to the component's
             # socket and the gateway had not stored at the kill is gone without an error.
             # That is a window of the last moments before the kill, never more.
-            assert len(silently_lost) <= 50, silently_lost
+            if XMPP_RATE <= 50:
+                assert len(silently_lost) <= 50, silently_lost
