@@ -470,9 +470,16 @@ class Header:
 _Head = tuple[str, str | None, str, str, bool]
 _Record = tuple[_Head, str | None, str, int]
 # Where the parts are: outer MIME headers, first CPIM header, end of the CPIM block,
-# entity headers, body offset, and the defects found while reading.
+# entity headers, body offset, the defects found while reading, and whether the CPIM lines
+# still have their line-level checks to run (lenient fast path: see ``defects``).
 _Frame = tuple[
-    tuple[tuple[str, str], ...], int, int, tuple[tuple[str, str], ...], int, tuple[Defect, ...]
+    tuple[tuple[str, str], ...],
+    int,
+    int,
+    tuple[tuple[str, str], ...],
+    int,
+    tuple[Defect, ...],
+    bool,
 ]
 
 
@@ -604,13 +611,18 @@ class CpimMessage:
         """Violations accepted in lenient mode, and warnings (:data:`WARNING_CODES`), in
         the order of their offsets.
 
-        Lenient parsing checks the line structure at once and the header values (§4
-        syntax, escapes, parameters, undefined prefixes, profile rules) on first access
-        of this attribute: they never decide whether a lenient parse succeeds.
+        Lenient parsing checks at once only what makes an object unusable
+        (:data:`FATAL_CODES`); the rest — control characters and whitespace in header
+        lines, the header values (§4 syntax, escapes, parameters, undefined prefixes),
+        profile rules — on first access of this attribute: it never decides whether a
+        lenient parse succeeds.
         """
         if self._defects is None:
             faults = _Faults(self._data, strict=False)
-            _check_values(self._records, self._layout(), faults, self._policy.profile)
+            layout = self._layout()
+            if self._frame[6] and _has_line_faults(self._data, self._frame[1], self._frame[2]):
+                _read_lines(self._data, self._frame[1], layout.lines, faults)
+            _check_values(self._records, layout, faults, self._policy.profile)
             merged = self._frame[5] + tuple(faults.items)
             self._defects = tuple(sorted(merged, key=lambda d: d.offset or 0))
         return self._defects
@@ -1015,27 +1027,39 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 _blank_line_clue(data, mime_headers, h0, h_end),
             )
         body_offset = e_end + 4
-    # 4. Both header blocks in one pass when nothing is unusual: one decode, one split, one
-    # byte translation to find any control character but the CRLFs (so no bare CR or LF,
-    # and no HTAB in the CPIM block either), one search for whitespace ending a CPIM line.
-    # Leading whitespace and folding fail the head and name lookups below.
+    # 4. Both header blocks in one pass when nothing is unusual: one decode, one split, two
+    # byte counts proving every CR and LF is part of a CRLF (no bare CR or LF, which are
+    # fatal). A CPIM line is read here when it starts with a valid ``Name:params`` head;
+    # what else may be wrong with it (control characters, whitespace at its end, no SP
+    # after the head) leaves its parts as the diagnosing path reads them, so lenient mode
+    # records those defects when ``defects`` is first read (:func:`_line_defects`) and
+    # strict mode, which must raise the first fault in line order, sends any such block
+    # to the diagnosing path. Leading whitespace and folding fail the head lookup.
     records: list[_Record] = []
     lines: list[str] = []
     entity_headers: tuple[tuple[str, str], ...] = ()
     cpim_done = h_end == h0
-    entity_done = False
+    entity_done = lazy = quoted = checked = False
     if e_end > e0 and e_end + 2 - h0 <= policy.max_line_length:
         region = data[h0 - 2 : e_end + 2] if h0 else b"\r\n" + data[: e_end + 2]
         try:
             every = region.decode("utf-8").split("\r\n")  # "", CPIM..., "", entity..., ""
         except UnicodeDecodeError:
             every = []
+        crlfs = len(every) - 1
         if (
             every
-            and len(every) <= policy.max_headers
-            and len(region) - len(region.translate(None, _CTL_NO_TAB)) == 2 * len(every) - 2
-            and data.find(b"\t", h0, h_end) < 0
-            and data.find(b" \r\n", h0, h_end + 2) < 0
+            and crlfs < policy.max_headers
+            and region.count(b"\n") == crlfs
+            and region.count(b"\r") == crlfs
+            and not (
+                strict
+                and (
+                    len(region) - len(region.translate(None, _CTL_NO_TAB)) != 2 * crlfs
+                    or data.find(b"\t", h0, h_end) >= 0
+                    or data.find(b" \r\n", h0, h_end + 2) >= 0
+                )
+            )
         ):
             blank = every.index("", 1)
             lines = every[1:blank]
@@ -1044,14 +1068,20 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             default: str | None = CPIM_NS
             bindings: dict[str | None, str] | None = None
             cpim_done = True
+            lazy = not strict  # line-level defects found on first access of ``defects``
             for index, line in enumerate(lines):
                 head, _, value = line.partition(" ")
                 info = heads.get(head)
-                # In a clean block a value is never empty, so an empty one means no SP.
                 if info is None or not value:
-                    info = _read_head(head) if value else None
+                    # An unknown head (read, then remembered), or a line that ends at its
+                    # head or at its first SP: strict mode diagnoses that one.
                     if info is None:
-                        cpim_done = False
+                        info = _read_head(head)
+                        if info is None and '"' in head:  # a quoted String parameter
+                            info, value = _read_quoted_head(line, value)
+                            quoted = True
+                    if info is None or (strict and not value):
+                        cpim_done = lazy = False
                         break
                 if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
                     prefix = info[1]
@@ -1083,6 +1113,12 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     if not cpim_done:
         faults = faults or _Faults(data, strict)
         records, lines = _read_cpim_block(data, h0, h_end, faults, policy)
+        checked = strict  # the diagnosing path checks values line by line in strict mode
+    elif quoted and strict:
+        # Values before the entity block, in the order the diagnosing path would find faults.
+        faults = faults or _Faults(data, strict)
+        _check_values(records, lambda: _Layout(data, h0, h_end, lines), faults, None)
+        checked = True
     if not entity_done and e_end > e0:
         faults = faults or _Faults(data, strict)
         entity_headers = _read_mime_block(data, e0, e_end, faults, policy, "entity header")
@@ -1099,12 +1135,16 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     # 6. Values: now in strict mode, on first access of ``defects`` in lenient mode.
     if strict:
         faults = faults or _Faults(data, strict)
-        if records:
+        if records and not checked:
             _check_values(records, lambda: _Layout(data, h0, h_end, lines), faults, policy.profile)
         elif policy.profile == "msrp":
-            _check_msrp(records, None, faults, h0)
+            if records:
+                layout = _Layout(data, h0, h_end, lines)
+                _check_msrp(records, layout, faults, layout.starts[-1])
+            else:
+                _check_msrp(records, None, faults, h0)
     found = tuple(faults.items) if faults is not None and faults.items else ()
-    frame = (mime_headers, h0, h_end, entity_headers, body_offset, found)
+    frame = (mime_headers, h0, h_end, entity_headers, body_offset, found, lazy)
     return CpimMessage(data, form, policy, records, frame, found if strict else None)
 
 
@@ -1317,6 +1357,42 @@ def _read_head(head: str) -> _Head | None:
     return info
 
 
+_QUOTED_HEAD = re.compile(
+    rf'((?:([{_NC}]+)\.)?([{_NC}]+)):((?:;[{_NC}]+=(?:[{_TC}]+|"{_STR_BODY}"))*) '
+)
+
+
+def _read_quoted_head(line: str, value: str) -> tuple[_Head | None, str]:
+    """A head whose parameters hold a quoted String, which may contain SP (RFC 3862 §3.6
+    Parameter): its parts and the value after it, or ``(None, value)``. Not remembered:
+    the text before the first SP is not the head."""
+    m = _QUOTED_HEAD.match(line)
+    if m is None:
+        return None, value
+    name, prefix, local, params = m.groups()
+    return (name, prefix, local, params, prefix is not None or local == "NS"), line[m.end() :]
+
+
+def _has_line_faults(data: bytes, h0: int, h_end: int) -> bool:
+    """Whether a CPIM block read by the fast path has something the diagnosing path
+    reports about its lines (§2.2): a control character but the CRLFs, a line ending in
+    whitespace, or a line ending at its head (no SP after it)."""
+    if h_end == h0:
+        return False
+    block = data[h0:h_end]
+    crlfs = block.count(b"\r\n")
+    return (
+        len(block) - len(block.translate(None, _CTL_BYTES)) != 2 * crlfs
+        or data.find(b" \r\n", h0, h_end + 2) >= 0
+        or _NO_SP_LINE.search(block) is not None
+    )
+
+
+# A line of a fast-read block with no SP: its head is valid (it has no SP), so the line
+# ends at its head.
+_NO_SP_LINE = re.compile(rb"(?:^|\n)[^ \r]*(?:\r|$)")
+
+
 def _read_lines(data: bytes, h0: int, lines: list[str], faults: _Faults) -> list[_Record]:
     """The slow path of :func:`_read_cpim_block`: every line diagnosed (§2.2, §3.6), faults
     reported in order; in strict mode values are checked line by line too, so the first
@@ -1403,6 +1479,26 @@ def _report(  # noqa: PLR0917 - internal
         faults.add(code, detail, base + delta, number)
 
 
+# The common valid shape of each core header's value, as one pattern (§3.6, §4): a value
+# matching it has nothing to report (what _value_findings would say is pinned by a property
+# test), so strict mode needs no closer look. DateTime: days 01-28, no leap second,
+# upper-case T and Z (other dates are read field by field).
+_VALID_PARTY = re.compile(rf'(?:(?:[{_TC}]+ )+|"[^"\\\x00-\x1f\x7f]*")?<{_URI_TEXT}>').fullmatch
+_VALID_SHAPES: Final[dict[str, Callable[[str], re.Match[str] | None]]] = {
+    "From": _VALID_PARTY,
+    "To": _VALID_PARTY,
+    "cc": _VALID_PARTY,
+    "DateTime": re.compile(
+        r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+        r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+        r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+    ).fullmatch,
+    "NS": re.compile(rf"(?:[{_NC}]+ ?)?<{_URI_TEXT}>").fullmatch,
+}
+# Subject's one parameter, a valid lang tag (§3.3, §4.5).
+_LANG_PARAM = re.compile(r";lang=[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*").fullmatch
+
+
 def _check_values(
     records: list[_Record],
     layout: _Layout | Callable[[], _Layout],
@@ -1413,17 +1509,36 @@ def _check_values(
     mode on the first access of ``defects``), then the profile's rules. ``layout`` may be
     a function making it: it is only needed when there is something to report."""
     bindings: dict[str | None, str] = {None: CPIM_NS}
+    valid_shapes = _VALID_SHAPES
     for k, record in enumerate(records):
         head, namespace, value, _ = record
-        core = namespace == CPIM_NS
-        if head[3] or namespace is None or "\\" in value or (core and head[2] in _CORE_CHECKS):
-            found = _value_findings(record, bindings)
-            if found:
-                if not isinstance(layout, _Layout):
-                    layout = layout()
-                offset, _end, voff, number = layout.span(records, k)
-                _report(found, faults, offset, voff, head[3], number)
-        if core and head[2] == "NS":
+        # First the common valid shapes, one test each (a value passing one has nothing
+        # to report); anything else is examined by _value_findings, which says what is
+        # wrong and where.
+        if namespace == CPIM_NS:
+            local = head[2]
+            shape = valid_shapes.get(local)
+            if shape is not None:  # From, To, cc, DateTime, NS
+                if not head[3] and shape(value) is not None:
+                    if local == "NS":
+                        binding = _read_ns(value)
+                        if binding is not None:
+                            bindings[binding[0]] = binding[1]
+                    continue
+            elif local == "Subject":
+                if "\\" not in value and (not head[3] or _LANG_PARAM(head[3]) is not None):
+                    continue
+            elif local != "Require" and not head[3] and "\\" not in value:
+                continue
+        elif namespace is not None and not head[3] and "\\" not in value:
+            continue
+        found = _value_findings(record, bindings)
+        if found:
+            if not isinstance(layout, _Layout):
+                layout = layout()
+            offset, _end, voff, number = layout.span(records, k)
+            _report(found, faults, offset, voff, head[3], number)
+        if namespace == CPIM_NS and head[2] == "NS":
             binding = _read_ns(value)
             if binding is not None:
                 bindings[binding[0]] = binding[1]
