@@ -290,10 +290,12 @@ def kamailio_argv(
     shm_mb: int = 256,
     children: int | None = None,
     config: Path = KAMAILIO_CFG,
+    tls: tuple[int, Path] | None = None,
 ) -> list[str]:
     """The command line of Kamailio on ``examples/kamailio.cfg`` for ``sip_domain``, routing
     ``gateway_domain`` to ``gateway`` (a SIP URI such as ``sip:127.0.0.1:5070;transport=udp``).
-    Makes the run folder and the SQLite file in ``workdir``."""
+    ``tls`` = (port, tls.cfg) adds a TLS listener (``WITH_TLS``). Makes the run folder and
+    the SQLite file in ``workdir``."""
     binary = find_binary("kamailio", "kamailio")
     (workdir / "run").mkdir(parents=True, exist_ok=True)
     db = workdir / "kamailio.sqlite"
@@ -309,9 +311,11 @@ def kamailio_argv(
         "RUNDIR": f'"{workdir / "run"}"',
         "DBURL": f'"sqlite:///{db}"',
     }
+    if tls is not None:
+        defines |= {"WITH_TLS": "", "TLS_PORT": str(tls[0]), "TLS_CFG": f'"{tls[1]}"'}
     argv = [binary, "-DD", "-E", "-m", str(shm_mb), "-w", str(workdir), "-f", str(config)]
     for key, value in defines.items():
-        argv += ["-A", f"{key}={value}"]
+        argv += ["-A", f"{key}={value}" if value else key]
     if children is not None:
         argv += ["-n", str(children)]
     return argv

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from gateway.config import parse
 from gateway.demo.servers import http_status, kamailio_argv, sip_ping
 from gateway.demo.template import TomlValue, render_example
+from tests import pki
 from tests.servers.ejabberd import EjabberdServer
 from tests.servers.process import ServerProcess, free_port
 from tests.servers.prosody import ProsodyServer
@@ -179,6 +180,30 @@ def _xmpp_server(kind: str, workdir: Path, users: Mapping[str, str]) -> XmppServ
     return server  # type: ignore[no-any-return]
 
 
+def _tls_files(folder: Path, values: dict[str, TomlValue]) -> Path:
+    """A CA, Kamailio's and the gateway's certificates (for 127.0.0.1), Kamailio's
+    tls.cfg; the gateway's TLS keys go into ``values``."""
+    ca = pki.make_ca("cpimgw e2e TLS CA")
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_file = folder / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    k_crt, k_key = pki.make_leaf(ca, "kamailio", ips=("127.0.0.1",), dns=(SIP_DOMAIN,)).write(
+        folder, "kamailio"
+    )
+    g_crt, g_key = pki.make_leaf(ca, "gateway", ips=("127.0.0.1",)).write(folder, "gateway")
+    config = folder / "tls.cfg"
+    config.write_text(
+        "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\n"
+        f"require_certificate = no\nprivate_key = {k_key}\ncertificate = {k_crt}\n\n"
+        "[client:default]\nmethod = TLSv1.2+\nverify_certificate = yes\n"
+        f"require_certificate = yes\nca_list = {ca_file}\n"
+    )
+    values["adapters.sip.tls_ca_file"] = str(ca_file)
+    values["adapters.sip.tls_cert_file"] = str(g_crt)
+    values["adapters.sip.tls_key_file"] = str(g_key)
+    return config
+
+
 @contextlib.contextmanager
 def stack(
     workdir: Path,
@@ -188,23 +213,39 @@ def stack(
     users: Mapping[str, str] | None = None,
     kamailio_shm_mb: int = 256,
     kamailio_children: int | None = None,
+    tls: bool = False,
 ) -> Iterator[Stack]:
     """XMPP server + Kamailio + ``cpimgw run``, all stopped on exit whatever happened.
-    ``users`` (user -> password) replaces the default XMPP accounts."""
+    ``users`` (user -> password) replaces the default XMPP accounts. ``tls``: SIP between
+    the gateway and Kamailio runs over TLS both ways (operators' guide, "TLS"), with
+    certificates from a CA of this run, verified by the gateway."""
     with contextlib.ExitStack() as stop:
         server = _xmpp_server(xmpp, workdir / xmpp, XMPP_USERS if users is None else users)
         stop.callback(server.stop)
         if isinstance(server, EjabberdServer):
             stop.callback(shutil.rmtree, server.workdir, ignore_errors=True)
         sip_port, kamailio_port = free_port("udp"), free_port("udp")
+        gateway_uri = f"sip:127.0.0.1:{sip_port};transport=udp"
+        tls_of_kamailio = None
+        tls_values: dict[str, TomlValue] = {}
+        if tls:
+            tls_port, gateway_tls_port = free_port(), free_port()
+            tls_of_kamailio = (tls_port, _tls_files(workdir / "pki", tls_values))
+            tls_values["adapters.sip.proxy"] = f"sip:127.0.0.1:{tls_port};transport=tls"
+            tls_values["adapters.sip.listen"] = [
+                {"transport": "udp", "host": "127.0.0.1", "port": sip_port},
+                {"transport": "tls", "host": "127.0.0.1", "port": gateway_tls_port},
+            ]
+            gateway_uri = f"sip:127.0.0.1:{gateway_tls_port};transport=tls"
         argv = kamailio_argv(
             workdir / "kamailio",
             port=kamailio_port,
             sip_domain=SIP_DOMAIN,
             gateway_domain=XMPP_DOMAIN,
-            gateway=f"sip:127.0.0.1:{sip_port};transport=udp",
+            gateway=gateway_uri,
             shm_mb=kamailio_shm_mb,
             children=kamailio_children,
+            tls=tls_of_kamailio,
         )
         proxy = ServerProcess(
             "kamailio",
@@ -222,7 +263,7 @@ def stack(
             sip_port=sip_port,
             metrics_port=free_port(),
             config=workdir / "gateway.toml",
-            extra=dict(extra or {}),
+            extra={**tls_values, **(extra or {})},
         )
         result.write_config()
         result.start_gateway()
