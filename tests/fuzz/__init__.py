@@ -38,6 +38,4 @@ TARGETS: tuple[str, ...] = (
 #: is raised): the engine lets them pass so a run can look for new ones, and
 #: ``tests/fuzz/test_fuzz.py`` replays their inputs as strict xfails. Remove an entry once
 #: its fix lands (the xfail then fails as XPASS and says so).
-KNOWN_OPEN_CRASHES: tuple[tuple[str, str], ...] = (
-    ("UnicodeEncodeError", "adapters/cpim/mapping.py"),
-)
+KNOWN_OPEN_CRASHES: tuple[tuple[str, str], ...] = ()

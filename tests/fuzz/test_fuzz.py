@@ -20,12 +20,7 @@ CI_SECONDS = 3
 
 #: Regression inputs whose bug is open in code this suite does not own: replayed as strict
 #: xfails (they pass again, and so fail here, the day the bug is fixed).
-KNOWN_OPEN = {
-    "xmpp_stanza/e2e-content-type-not-latin-1.xml": (
-        "adapters/cpim/mapping.py HttpMapper.encode raises UnicodeEncodeError for a "
-        "Content-Type latin-1 cannot hold (here from an RFC 3923 <e2e/> entity's header)"
-    ),
-}
+KNOWN_OPEN: dict[str, str] = {}
 
 
 def regression_inputs() -> list[object]:
