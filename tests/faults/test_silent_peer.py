@@ -199,6 +199,6 @@ async def test_silent_xmpp_server_is_given_up_and_connected_to_again(tmp_path: P
     async with tarpit() as pit:
         with stack(tmp_path, start_gateway=False, xmpp_port=pit.port) as s:
             await asyncio.to_thread(s.gateway.start, wait_ready=False)
-            tried_again = await until(lambda: pit.connections >= 2, 40)
+            tried_again = await until(lambda: pit.connections >= 2, 20)
             assert s.gateway.alive()
-            assert tried_again, f"{pit.connections} connection(s) in 40 s"
+            assert tried_again, f"{pit.connections} connection(s) in 20 s"

@@ -94,7 +94,7 @@ async def test_sip_tls_to_kamailio_refuses_bad_proxy_certificates(tmp_path: Path
                     await asyncio.to_thread(k.process.start)
                 tag = f"{name.replace('-', '')}{run}"
                 send(tag)
-                outcome[name] = await until(lambda t=tag: arrived(t), 8 if credential else 15)
+                outcome[name] = await until(lambda t=tag: arrived(t), 5 if credential else 15)
             refusals = [
                 line.get("error", "")
                 for line in s.gateway.log_lines()
