@@ -223,7 +223,7 @@ async def test_kill_9_mid_stream_xmpp_to_sip_loses_no_stored_message(tmp_path: P
             report = duplicates_in_flight([c.split("@", 1)[0] for c in ua.call_ids()], held)
             silently_lost = sorted(identities[i] for i in identities.keys() - delivered)
             record(
-                "kill9-xmpp-to-sip",
+                "kill9-xmpp-to-sip" + ("" if XMPP_RATE == 50 else f"-rate{XMPP_RATE}"),
                 messages=TOTAL,
                 rate_per_second=XMPP_RATE,
                 killed_after_deliveries=KILL_AFTER,
