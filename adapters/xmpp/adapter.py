@@ -55,7 +55,7 @@ from adapters.xmpp.stanza import (
 )
 from canonical.envelope import Envelope, Origin
 from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
-from canonical.policy import KIB
+from canonical.policy import KIB, Policy
 
 
 class XmppConfig(AdapterConfig):
@@ -96,6 +96,38 @@ class _Barrier:
     items: list[_Outgoing]
     answered: asyncio.Future[bool]
     errors: dict[str, GatewayError] = field(default_factory=dict)
+
+
+def shape_fault(element: ET.Element, policy: Policy) -> ParseError | None:
+    """The stanza against the policy's XML bounds (depth, elements, attributes per element)
+    that ``canonical.xmldoc`` applies to every document cpimgw parses itself: stanzas come
+    from slixmpp's parser, which has none, and the mapping writes nested elements back
+    recursively. Walked without recursion; None when the stanza is within the bounds."""
+    pending = [(element, 1)]
+    count = 0
+    while pending:
+        item, depth = pending.pop()
+        count += 1
+        if depth > policy.max_xml_depth:
+            return ParseError(
+                "XML_TOO_DEEP",
+                f"elements nested deeper than {policy.max_xml_depth} levels",
+                hint="send a flatter stanza (Policy.max_xml_depth)",
+            )
+        if count > policy.max_xml_elements:
+            return ParseError(
+                "XML_TOO_MANY_ELEMENTS",
+                f"more than {policy.max_xml_elements} elements",
+                hint="send a smaller stanza (Policy.max_xml_elements)",
+            )
+        if len(item.attrib) > policy.max_xml_attributes:
+            return ParseError(
+                "XML_TOO_MANY_ATTRIBUTES",
+                f"an element with more than {policy.max_xml_attributes} attributes",
+                hint="send fewer attributes (Policy.max_xml_attributes)",
+            )
+        pending.extend((child, depth + 1) for child in item)
+    return None
 
 
 class _Component(ComponentXMPP):
@@ -391,6 +423,11 @@ class XmppAdapter(Adapter):
                     hint="send a smaller message",
                 ),
             )
+            return None
+        shape = shape_fault(element, self.context.policy)
+        if shape is not None:
+            self.context.count("xmpp_refused", adapter=self.name, reason=shape.reason.value)
+            self._reply_error(element, shape)
             return None
         try:
             mapped = self._mapper.to_canonical(
