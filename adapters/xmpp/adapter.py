@@ -76,6 +76,9 @@ class XmppConfig(AdapterConfig):
         default=None, description="JID pinged as the write barrier; default: the first domain"
     )
     max_stanza_size: int = Field(default=256 * KIB, ge=1024)
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="seconds from connecting to the session (handshake)"
+    )
     reconnect_initial: float = Field(default=0.5, gt=0)
     reconnect_max: float = Field(default=30.0, gt=0)
     send_timeout: float = Field(default=15.0, gt=0)
@@ -289,9 +292,22 @@ class XmppAdapter(Adapter):
                 xmpp.connect()
                 session = asyncio.create_task(self._session.wait())
                 lost = asyncio.create_task(self._lost.wait())
-                await asyncio.wait({session, lost}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {session, lost},
+                    timeout=self.settings.connect_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 session.cancel()
                 lost.cancel()
+                if not done and not self._session.is_set():
+                    # a server that accepts TCP and never completes the XEP-0114 handshake:
+                    # give that connection up and try a new one (with backoff)
+                    self.context.logger.warning(
+                        "xmpp %s: no component session within %.0fs",
+                        self.name,
+                        self.settings.connect_timeout,
+                    )
+                    self.context.count("xmpp_connect_timeouts", adapter=self.name)
                 if self._session.is_set():
                     delay = self.settings.reconnect_initial
                     await self._lost.wait()
