@@ -26,6 +26,7 @@ The error codes, what they mean and how to fix them are listed in :data:`ERROR_C
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import re
 from calendar import timegm
 from collections.abc import Callable, Iterable, Sequence
@@ -464,11 +465,13 @@ class Header:
 # --------------------------------------------------------------------------------------
 
 # A header as the scanner records it, cheap to make (Header objects are built on demand):
-# (head, namespace, value_raw, index) where head = (name, prefix, local, params_text) is
-# shared between messages for recurring heads, and index is the header's (first) line
-# within the block. Byte offsets and line numbers come from a _Layout when needed.
+# (head, namespace, value_raw, index) where head = (name, prefix, local, params_text,
+# special) is shared between messages for recurring heads, and index is the header's
+# (first) line within the block, or None when every header is one line (the fast path:
+# the index is then the header's position). Byte offsets and line numbers come from a
+# _Layout when needed.
 _Head = tuple[str, str | None, str, str, bool]
-_Record = tuple[_Head, str | None, str, int]
+_Record = tuple[_Head, str | None, str, int | None]
 # Where the parts are: outer MIME headers, first CPIM header, end of the CPIM block,
 # entity headers, body offset, the defects found while reading, and whether the CPIM lines
 # still have their line-level checks to run (lenient fast path: see ``defects``).
@@ -511,7 +514,11 @@ class _Layout:
         """Offset, end (after CRLF), value offset and line number of record ``k``."""
         record = records[k]
         i = record[3]
-        j = records[k + 1][3] if k + 1 < len(records) else len(self.lines)
+        if i is None:  # one line per header (the fast path): the index is the position
+            i = k
+            j = k + 1
+        else:
+            j = records[k + 1][3] if k + 1 < len(records) else len(self.lines)  # type: ignore[assignment]
         offset = self.starts[i]
         value = record[2]
         if "\r\n" in value:
@@ -968,14 +975,137 @@ class _Faults:
 
 
 def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
+    """Read ``data`` (RFC 3862 §2), the relaying hot path: the common case inline, with
+    no helper call and no bookkeeping; anything else is read by :func:`_parse_general`
+    from the start, which gives the same result for what this accepts (a property test
+    holds them equal).
+
+    The common case: the canonical MIME block (entity form), a non-empty CPIM block whose
+    lines all start with a valid ``Name:params`` head, an entity block of known, unfolded
+    MIME headers starting with its Content-Type, no bare CR or LF, within the policy's
+    limits; in strict mode also no control character in the header blocks but the CRLFs
+    (and HTAB in the entity's), no whitespace ending a CPIM line and an SP after every
+    head. Values are checked now in strict mode, on first access of ``defects`` in
+    lenient mode (with the line-level checks: see :func:`_has_line_faults`).
+    """
+    h0 = 0
+    if form == "entity":
+        if not data.startswith(_CANONICAL_MIME):
+            return _parse_general(data, form, policy)
+        h0 = 30
+    h_end = data.find(b"\r\n\r\n", h0)
+    if h_end <= h0:
+        return _parse_general(data, form, policy)
+    e_end = data.find(b"\r\n\r\n", h_end + 4)
+    if (
+        e_end <= h_end + 4
+        or e_end + 2 - h0 > policy.max_line_length
+        or len(data) > policy.max_message_size
+    ):
+        return _parse_general(data, form, policy)
+    # Both header blocks: one decode, one split: "", CPIM lines..., "", entity lines..., "".
+    region = data[h0 - 2 : e_end + 2] if h0 else b"\r\n" + data[: e_end + 2]
+    try:
+        every = region.decode("utf-8").split("\r\n")
+    except UnicodeDecodeError:
+        return _parse_general(data, form, policy)
+    strict = policy.strict
+    if len(every) > policy.max_headers or (
+        # strict: no control character but CRLF (hence no bare CR or LF) and HTAB, and
+        # no HTAB or SP ending a line in the CPIM block
+        len(region) - len(region.translate(None, _CTL_NO_TAB)) != 2 * len(every) - 2
+        or data.find(b"\t", h0, h_end) >= 0
+        or data.find(b" \r\n", h0, h_end + 2) >= 0
+        if strict
+        # lenient: every CR and LF is part of a CRLF (the separators are gone)
+        else "\r" in (joined := "".join(every)) or "\n" in joined
+    ):
+        return _parse_general(data, form, policy)
+    blank = every.index("", 1)
+    records: list[_Record] = []
+    append = records.append
+    heads = _HEADS.get
+    ns_values = _NS_VALUES.get
+    default: str | None = CPIM_NS
+    bindings: dict[str | None, str] | None = None
+    for head, _, value in map(_PARTITION, every[1:blank], _SPACES):
+        info = heads(head)
+        if info is None or not value:
+            # an unknown head (read, then remembered), or a line that ends at its head or
+            # its first SP (strict mode diagnoses that one)
+            if info is None:
+                info = _read_head(head)
+                if info is None and '"' in head:  # a quoted String parameter
+                    line = every[len(records) + 1]
+                    info, value = _read_quoted_head(line, value)  # noqa: PLW2901 - the real value
+            if info is None or (strict and not value):
+                return _parse_general(data, form, policy)
+        if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
+            prefix = info[1]
+            if prefix is None:
+                namespace = default
+            else:
+                namespace = bindings.get(prefix) if bindings is not None else None
+            if info[2] == "NS" and namespace == CPIM_NS:
+                binding = ns_values(value) or _read_ns(value)
+                if binding is not None:
+                    if bindings is None:
+                        bindings = {}
+                    bindings[binding[0]] = binding[1]
+                    if binding[0] is None:
+                        default = binding[1]
+            append((info, namespace, value, None))
+        else:
+            append((info, default, value, None))
+    if not records:  # an empty CPIM block (every[1] is the blank line)
+        return _parse_general(data, form, policy)
+    names = _MIME_NAMES
+    pairs = []
+    for name, colon, value in map(_PARTITION, every[blank + 1 : -1], _COLONS):
+        if not colon or name not in names:
+            return _parse_general(data, form, policy)
+        pairs.append((name, value))
+    if pairs[0][0] not in _CONTENT_TYPE_NAMES:
+        return _parse_general(data, form, policy)
+    found: tuple[Defect, ...] | None = None
+    if strict:
+        faults = _Faults(data, True)
+        _check_values(
+            records, lambda: _Layout(data, h0, h_end, every[1:blank]), faults, policy.profile
+        )
+        found = tuple(faults.items)
+    msg = _new_message(CpimMessage)
+    msg._data = data
+    msg._form = form
+    msg._policy = policy
+    msg._records = records
+    msg._frame = (
+        _CANONICAL_MIME_HEADERS if h0 else (),
+        h0,
+        h_end,
+        tuple(pairs),
+        e_end + 4,
+        found or (),
+        not strict,
+    )
+    msg._defects = found
+    return msg
+
+
+_new_message = object.__new__
+_PARTITION = str.partition
+_SPACES = itertools.repeat(" ")
+_COLONS = itertools.repeat(":")
+
+
+def _parse_general(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     """Read ``data`` (RFC 3862 §2): find the three header blocks with byte searches, read
     the CPIM headers and the entity's MIME headers, then check values now (strict) or on
     demand (lenient).
 
-    The common case runs inline without helper calls (this is the relaying hot path):
-    a CPIM block with no control character but its CRLFs and no whitespace at a line's
-    start or end, whose lines start with a known ``Name:params`` head; an entity block of
-    known, unfolded MIME headers. Anything else goes through the diagnosing slow paths,
+    Blocks that are nothing unusual are read inline here too (a CPIM block with no bare
+    CR or LF whose lines start with a valid ``Name:params`` head; an entity block of
+    known, unfolded MIME headers); anything else goes through the diagnosing slow paths,
     which report each fault with its place.
     """
     size = len(data)
@@ -1826,21 +1956,25 @@ def _read_party(value: str) -> Party:
 def _party_of(value: str) -> Party:
     """:func:`_read_party`, with a fast path for the common ``Name <uri>`` and ``<uri>``
     (same result: a property test holds them equal)."""
-    name, sep, rest = value.rpartition(" <")
-    if (
-        sep
-        and name
-        and rest[-1:] == ">"
-        and "<" not in rest
-        and "<" not in name
-        and '"' not in name
-        and name[0] != " "
-        and name[-1] != " "
-    ):
-        return Party(name, rest[:-1])
-    if value[:1] == "<" and value[-1:] == ">" and value.count("<") == 1:
-        return Party(None, value[1:-1])
+    m = _SIMPLE_PARTY(value)
+    if m is not None:
+        name, uri = m.groups()
+        if name is None or name[-1] != " ":
+            party = _new_party(Party)
+            _set_formal_name(party, name)
+            _set_uri(party, uri)
+            return party
     return _read_party(value)
+
+
+# ``Name <uri>`` (the name without '<' or '"', not starting or ending with SP) or ``<uri>``,
+# the URI without '<'.
+_SIMPLE_PARTY = re.compile(r'(?:([^<" ][^<"]*) )?<([^<]*)>').fullmatch
+# A Party made without the frozen dataclass __init__ (object.__setattr__ per field): the
+# views make one per From/To/cc on every relayed message.
+_new_party = object.__new__
+_set_formal_name: Callable[[Party, str | None], None] = vars(Party)["formal_name"].__set__
+_set_uri: Callable[[Party, str], None] = vars(Party)["uri"].__set__
 
 
 def _check_datetime(
