@@ -3,7 +3,9 @@
 What is checked, in order, and why:
 
 1. **Size** (``max_size``): an object larger than the policy allows is refused whole
-   (RFC 7573 §8 asks a gateway to refuse what it cannot carry, not to cut it).
+   (RFC 7573 §8 asks a gateway to refuse what it cannot carry, not to cut it). A PIDF,
+   isComposing or IMDN document with a DTD (alone or as an unsigned CPIM object's entity)
+   is refused too: cpimgw reads those without DTDs and does not pass the attack on.
 2. **Anti-spoofing**: the sender's domain must be owned by the adapter the envelope
    arrived on (the routing table says who owns what), or be listed for that adapter in
    ``peers`` (a trusted peer gateway carries other domains' users). The same rule stops
@@ -31,8 +33,9 @@ from cryptography import x509
 
 from adapters.contract import Capability
 from canonical import cpim, smime
-from canonical.envelope import CPIM, Envelope, Operation, Payload
-from canonical.errors import ConfigError, GatewayError, Reason, SecurityError
+from canonical.envelope import CPIM, IMDN, ISCOMPOSING, PIDF, Envelope, Operation, Payload
+from canonical.errors import ConfigError, GatewayError, ParseError, Reason, SecurityError
+from canonical.xmldoc import parse_xml
 from gateway.routing import Route, RoutingTable, check_pattern, pattern_matches, split_address
 
 SignatureState = Literal["unchecked", "none", "valid", "invalid"]
@@ -113,6 +116,36 @@ def honoured(route: Route, capabilities: frozenset[Capability]) -> frozenset[str
     return frozenset(names)
 
 
+#: XML documents cpimgw knows and reads itself (never with a DTD: ``canonical.xmldoc``).
+KNOWN_XML = frozenset({PIDF, ISCOMPOSING, IMDN})
+
+
+def xml_fault(payload: Payload) -> ParseError | None:
+    """The fault of a PIDF, isComposing or IMDN document in ``payload`` (itself, or the
+    entity of an unsigned message/cpim object) read as ``canonical.xmldoc`` reads it: a
+    DTD (billion laughs, external entities), too deep, too many attributes. Relaying such a
+    document would hand the attack to the receiver's parser (RFC 3470 §4.14); other XML
+    types and signed or encrypted objects are relayed as they are. None when it is clean."""
+    body = payload.body
+    media = payload.media_type
+    if media == CPIM:
+        try:
+            message = cpim.parse_body(body)
+        except ParseError:
+            return None  # not this check's business: the adapters and routes decide
+        entity = (message.content_type or "").split(";", 1)[0].strip().lower()
+        if entity not in KNOWN_XML:
+            return None
+        body = message.body
+    elif media not in KNOWN_XML:
+        return None
+    try:
+        parse_xml(body)
+    except ParseError as exc:
+        return exc
+    return None
+
+
 def _cpim_message(payload: Payload) -> cpim.CpimMessage | None:
     """The CPIM object inside a payload (unsigned body form, or the signed entity)."""
     if payload.media_type == CPIM:
@@ -160,6 +193,16 @@ def judge(
             "a sender must belong to the network it arrives from (anti-spoofing); "
             f"list its domain under [security.peers] {origin} if that peer may carry it",
         )
+
+    if payload is not None and b"<!DOCTYPE" in payload.body and not payload.is_secured:
+        fault = xml_fault(payload)
+        if fault is not None:
+            return _refuse(
+                fault.reason,
+                f"the {fault.code} document is not relayed: {fault.message}",
+                "send PIDF, isComposing and IMDN documents without a DTD (cpimgw reads "
+                "them without one, and so should every receiver)",
+            )
 
     for party in (envelope.sender, envelope.recipient):
         for pattern in rules.deny:

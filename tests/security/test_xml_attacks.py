@@ -16,6 +16,7 @@ reads from the network.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +29,8 @@ import pytest
 from adapters.sip.codec import Request
 from adapters.sip.endpoint import Incoming
 from adapters.sip.transport import Peer
+from canonical.envelope import CPIM, PIDF, Payload
+from gateway.security import xml_fault
 from tests.faults.figures import record
 from tests.faults.stack import (
     API_BOT,
@@ -265,3 +268,101 @@ async def test_deeply_nested_xmpp_stanza_gets_an_error_back(gw: Stack) -> None:
         answered = await until(lambda: f"deep-{run}" in errors, 10)
     assert gw.gateway.alive()
     assert answered, "no error stanza for a stanza the gateway could not map"
+
+
+ISCOMPOSING_LOL = (
+    '<?xml version="1.0"?><!DOCTYPE isComposing [<!ENTITY lol "lol">'
+    '<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]>'
+    '<isComposing xmlns="urn:ietf:params:xml:ns:im-iscomposing"><state>&lol2;</state>'
+    "</isComposing>"
+)
+IMDN_XXE = (
+    '<?xml version="1.0"?><!DOCTYPE imdn [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+    '<imdn xmlns="urn:ietf:params:xml:ns:imdn"><message-id>&x;</message-id>'
+    "<datetime>2024-01-01T00:00:00Z</datetime><delivery-notification><status><delivered/>"
+    "</status></delivery-notification></imdn>"
+)
+
+
+def carried(sender: str, recipient: str, content_type: str, document: str) -> bytes:
+    """An unsigned CPIM object (body form) whose entity is ``document``."""
+    return (
+        f"From: <{sender}>\r\nTo: <{recipient}>\r\n\r\n"
+        f"Content-Type: {content_type}\r\n\r\n{document}"
+    ).encode()
+
+
+async def test_documents_with_a_dtd_inside_cpim_objects_are_not_relayed(gw: Stack) -> None:
+    run = uuid.uuid4().hex[:8]
+    docs = {
+        "iscomposing": ("application/im-iscomposing+xml", ISCOMPOSING_LOL),
+        "imdn": ("message/imdn+xml", IMDN_XXE),
+    }
+    outcome: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    async with (
+        logged_in(f"alice@{XMPP_DOMAIN}/desk", PASSWORD, gw.prosody.c2s_port) as alice,
+        sip_ua(gw.kamailio.port, gw.sink_port) as ua,
+        aiohttp.ClientSession() as session,
+    ):
+        alice.add_event_handler(
+            "message_error", lambda m: errors.__setitem__(m["id"], m["error"]["condition"])
+        )
+        for name, (content_type, document) in docs.items():
+            # XMPP: the object in the carriage element
+            body = carried(
+                f"im:alice@{XMPP_DOMAIN}", f"sip:sink-bob@{SIP_DOMAIN}", content_type, document
+            )
+            msg = alice.make_message(mto=f"sink-bob@{COMPONENT}", mbody="doc", mtype="chat")
+            msg["id"] = f"{name}-{run}"
+            carriage = msg.xml.makeelement("{urn:cpimgw:carriage:0}cpim", {"type": "message/cpim"})
+            carriage.text = base64.b64encode(body).decode()
+            msg.xml.append(carriage)
+            msg.send()
+            # SIP: the object as a MESSAGE body
+            outcome[f"sip-{name}"] = await ua.send(
+                ua.message(
+                    f"sip:bob@{SIP_DOMAIN}",
+                    f"sip:alice@{XMPP_DOMAIN}",
+                    carried(
+                        f"sip:bob@{SIP_DOMAIN}", f"im:alice@{XMPP_DOMAIN}", content_type, document
+                    ),
+                    content_type="message/cpim",
+                    call_id=f"{name}-{run}",
+                )
+            )
+            # HTTP: the object as a message
+            async with session.post(
+                f"http://127.0.0.1:{gw.settings.http_port}/v1/messages",
+                data=carried(API_BOT, f"sip:sink-bob@{SIP_DOMAIN}", content_type, document),
+                headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "message/cpim"},
+            ) as response:
+                outcome[f"http-{name}"] = response.status
+        await until(lambda: len(errors) >= len(docs), 10)
+        await asyncio.sleep(1)
+        relayed = [r for r in ua.received if b"<!DOCTYPE" in r.request.body]
+        at_alice = [s for s in alice.received if s["type"] != "error" and "DOCTYPE" in str(s)]
+    for name in docs:
+        outcome[f"xmpp-{name}"] = errors.get(f"{name}-{run}")
+    record("xml-attacks-in-cpim-objects", outcome=outcome, relayed=len(relayed) + len(at_alice))
+    assert not relayed
+    assert not at_alice
+    for name in docs:
+        assert outcome[f"sip-{name}"] == 400, outcome
+        assert outcome[f"http-{name}"] == 400, outcome
+        assert outcome[f"xmpp-{name}"] == "bad-request", outcome
+
+
+def test_only_the_documents_cpimgw_knows_are_read_for_a_dtd() -> None:
+    lol = carried("im:a@b.test", "im:c@d.test", "application/im-iscomposing+xml", ISCOMPOSING_LOL)
+    xhtml = carried(
+        "im:a@b.test",
+        "im:c@d.test",
+        "application/xhtml+xml",
+        '<!DOCTYPE html><html xmlns="http://www.w3.org/1999/xhtml"><body>hi</body></html>',
+    )
+    fault = xml_fault(Payload(CPIM, lol))
+    assert fault is not None
+    assert fault.code == "XML_DTD"
+    assert xml_fault(Payload(CPIM, xhtml)) is None  # other XML is relayed as it is
+    assert xml_fault(Payload(PIDF, BILLION_LAUGHS.replace("{entity}", "pres:a@b").encode()))
