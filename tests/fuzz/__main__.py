@@ -9,7 +9,9 @@ harness's ``MAX_LEN`` bytes. Seeds are rebuilt from the shipped vectors into
 (so the next run starts where this one stopped); the regression inputs in
 ``tests/fuzz/regressions/<target>`` are part of every run. A crashing input is written to
 ``.fuzz/artifacts/<target>/``; copy it into the regressions folder once it is fixed.
-Exit status 1 when any target found something.
+Exit status 1 when any target found something. Every run is appended to
+``.fuzz/history.jsonl``; ``python -m tests.fuzz --summary`` prints the totals per target
+(the table in docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -153,7 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=10, help="seconds per input")
     parser.add_argument("--rss-limit-mb", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=WORK, help="corpus/artifact folder")
+    parser.add_argument(
+        "--summary", action="store_true", help="print the table of every recorded run and exit"
+    )
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary(args.work))
+        return 0
     results = []
     print(
         f"{'target':<15} {'seconds':>8} {'runs':>10} {'exec/s':>7} {'rss MB':>7} "
@@ -177,7 +185,48 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.work / "results"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{target}.json").write_text(json.dumps(asdict(outcome), indent=2) + "\n")
+        with (args.work / "history.jsonl").open("a") as history:
+            history.write(json.dumps(asdict(outcome)) + "\n")
     return 1 if any(r.finding for r in results) else 0
+
+
+def summary(work: Path = WORK) -> str:
+    """Every run recorded in ``history.jsonl``, per target: total time and executions, the
+    latest coverage and corpus, the largest RSS, and what was found (a Markdown table)."""
+    totals: dict[str, dict[str, object]] = {}
+    for line in (work / "history.jsonl").read_text().splitlines():
+        run = json.loads(line)
+        row = totals.setdefault(
+            run["target"], {"seconds": 0.0, "runs": 0, "rss": 0, "rounds": 0, "findings": []}
+        )
+        row["seconds"] = float(str(row["seconds"])) + run["seconds"]
+        row["runs"] = int(str(row["runs"])) + run["runs"]
+        row["rss"] = max(int(str(row["rss"])), run["peak_rss_mb"])
+        row["rounds"] = int(str(row["rounds"])) + 1
+        row.update(cov=run["cov"], ft=run["ft"], corpus=run["corpus"])
+        if run["finding"]:
+            findings = row["findings"]
+            assert isinstance(findings, list)
+            findings.append(run["finding"].split(" /", 1)[0])
+    lines = [
+        "| target | runs | seconds | executions | exec/s | coverage (cov / ft) | corpus "
+        "| peak RSS MB | stopped by |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target in TARGETS:
+        if target not in totals:
+            continue
+        row = totals[target]
+        seconds = float(str(row["seconds"]))
+        runs = int(str(row["runs"]))
+        findings = row["findings"]
+        assert isinstance(findings, list)
+        lines.append(
+            f"| `{target}` | {row['rounds']} | {seconds:.0f} | {runs:,} | "
+            f"{runs / seconds:.0f} | {row['cov']} / {row['ft']} | {row['corpus']} | "
+            f"{row['rss']} | {'; '.join(findings) or '-'} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
