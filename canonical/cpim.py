@@ -515,11 +515,13 @@ class _Layout:
         """Offset, end (after CRLF), value offset and line number of record ``k``."""
         record = records[k]
         i = record[3]
+        j: int | None
         if i is None:  # one line per header (the fast path): the index is the position
             i = k
             j = k + 1
         else:
-            j = records[k + 1][3] if k + 1 < len(records) else len(self.lines)  # type: ignore[assignment]
+            j = records[k + 1][3] if k + 1 < len(records) else len(self.lines)
+            assert j is not None  # the diagnosing path numbers every record
         offset = self.starts[i]
         value = record[2]
         if "\r\n" in value:
@@ -1186,7 +1188,7 @@ def _parse_general(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     # fatal). A CPIM line is read here when it starts with a valid ``Name:params`` head;
     # what else may be wrong with it (control characters, whitespace at its end, no SP
     # after the head) leaves its parts as the diagnosing path reads them, so lenient mode
-    # records those defects when ``defects`` is first read (:func:`_line_defects`) and
+    # records those defects when ``defects`` is first read (:func:`_has_line_faults`) and
     # strict mode, which must raise the first fault in line order, sends any such block
     # to the diagnosing path. Leading whitespace and folding fail the head lookup.
     records: list[_Record] = []
