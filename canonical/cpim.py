@@ -1009,17 +1009,17 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     # costs less than two searches from an offset up to about 8 KiB), two searches and
     # slices of the header blocks of a larger one.
     h0 = 30 if form == "entity" else 0
-    if len(data) <= _SPLIT_LIMIT:
-        if h0:
-            parts = data.split(b"\r\n\r\n", 3)
-            if len(parts) < 4 or parts[0] != _MIME_LINE:
-                return _parse_general(data, form, policy)
-            head, ehead = parts[1], parts[2]
-        else:
-            parts = data.split(b"\r\n\r\n", 2)
-            if len(parts) < 3:
-                return _parse_general(data, form, policy)
-            head, ehead = parts[0], parts[1]
+    size = len(data)
+    if size <= _SPLIT_LIMIT:
+        try:
+            if h0:
+                mime, head, ehead, _ = data.split(b"\r\n\r\n", 3)
+                if mime != _MIME_LINE:
+                    return _parse_general(data, form, policy)
+            else:
+                head, ehead, _ = data.split(b"\r\n\r\n", 2)
+        except ValueError:  # a blank line missing
+            return _parse_general(data, form, policy)
     else:
         if h0 and not data.startswith(_CANONICAL_MIME):
             return _parse_general(data, form, policy)
@@ -1030,7 +1030,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
         head, ehead = data[h0:h_end], data[h_end + 4 : e_end]
     h_end = h0 + len(head)
     e_end = h_end + 4 + len(ehead)
-    if e_end + 2 - h0 > policy.max_line_length or len(data) > policy.max_message_size:
+    if e_end + 2 - h0 > policy.max_line_length or size > policy.max_message_size:
         return _parse_general(data, form, policy)
     try:
         lines = head.decode("utf-8").split("\r\n")
@@ -1065,8 +1065,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             if info is None:
                 info = _read_head(name)
                 if info is None and '"' in name:  # a quoted String parameter
-                    line = lines[len(records)]
-                    info, value = _read_quoted_head(line, value)  # noqa: PLW2901 - the real value
+                    info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
             if info is None or (strict and not value):
                 return _parse_general(data, form, policy)
         if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
@@ -1089,10 +1088,11 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     # The entity's headers: Content-Type first, then known names; split on first use.
     if not elines[0].startswith(_CONTENT_TYPE_HEADS):
         return _parse_general(data, form, policy)
-    names = _MIME_NAMES
-    for name, colon, _ in map(_PARTITION, elines[1:], _COLONS):
-        if not colon or name not in names:
-            return _parse_general(data, form, policy)
+    if len(elines) > 1:
+        names = _MIME_NAMES
+        for name, colon, _ in map(_PARTITION, elines[1:], _COLONS):
+            if not colon or name not in names:
+                return _parse_general(data, form, policy)
     found: tuple[Defect, ...] | None = None
     if strict:
         faults = _Faults(data, True)
@@ -1234,7 +1234,7 @@ def _parse_general(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                     if info is None:
                         info = _read_head(head)
                         if info is None and '"' in head:  # a quoted String parameter
-                            info, value = _read_quoted_head(line, value)
+                            info, value = _read_quoted_head(line, head, value)
                             quoted = True
                     if info is None or (strict and not value):
                         cpim_done = lazy = False
@@ -1519,15 +1519,32 @@ _QUOTED_HEAD = re.compile(
 )
 
 
-def _read_quoted_head(line: str, value: str) -> tuple[_Head | None, str]:
+def _read_quoted_head(line: str, start: str, value: str) -> tuple[_Head | None, str]:
     """A head whose parameters hold a quoted String, which may contain SP (RFC 3862 §3.6
-    Parameter): its parts and the value after it, or ``(None, value)``. Not remembered:
-    the text before the first SP is not the head."""
+    Parameter): its parts and the value after it, or ``(None, value)``; ``start`` is the
+    line's text before its first SP, ``value`` the text after it.
+
+    The last such head seen with the same ``start`` is remembered with its text: a line
+    starting with that text and an SP has that head (the pattern reads a head up to the
+    first SP outside a String, so the same text gives the same head).
+    """
+    known = _QUOTED_HEADS.get(start)
+    if known is not None and line.startswith(known[0]):
+        return known[1], line[len(known[0]) :]
     m = _QUOTED_HEAD.match(line)
     if m is None:
         return None, value
     name, prefix, local, params = m.groups()
-    return (name, prefix, local, params, prefix is not None or local == "NS"), line[m.end() :]
+    info = (name, prefix, local, params, prefix is not None or local == "NS")
+    end = m.end()
+    if len(_QUOTED_HEADS) < _HEADS_MAX and end <= _CACHED_SIZE:
+        _QUOTED_HEADS[start] = (line[:end], info)
+    return info, line[end:]
+
+
+#: Heads with a quoted String parameter, by the text before their first SP: the whole head
+#: with its SP, and its parts (bounded like the other caches).
+_QUOTED_HEADS: dict[str, tuple[str, _Head]] = {}
 
 
 def _has_line_faults(data: bytes, h0: int, h_end: int) -> bool:
