@@ -196,12 +196,18 @@ def _address(request: HttpRequest, name: str) -> str | None:
     return text
 
 
+def _digits(text: str) -> bool:
+    """ASCII decimal digits only (RFC 9110 §5.6.1 DIGIT): ``str.isdigit`` also accepts
+    ``³`` and other Unicode digits, which ``int()`` then refuses with a ValueError."""
+    return text.isascii() and text.isdigit()
+
+
 def _int_header(request: HttpRequest, name: str, *, low: int, high: int) -> int | None:
     raw = request.get(name)
     if raw is None:
         return None
     text = raw.strip()
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _digits(text) or not low <= int(text) <= high:
         raise ParseError(
             "HTTP_BAD_NUMBER",
             f"{name}: {text[:40]!r} is not a whole number from {low} to {high}",
@@ -384,7 +390,7 @@ class HttpMapper:
                     hint="name: value (RFC 9112 §5)",
                 )
             if name.lower() == CONTENT_LENGTH.lower():
-                length = int(value.strip()) if value.strip().isdigit() else -1
+                length = int(value.strip()) if _digits(value.strip()) else -1
             else:
                 headers.append((name, value.strip(" \t")))
             offset += len(line) + 2
@@ -778,7 +784,7 @@ def retry_after_of(value: str | None) -> float | None:
     if value is None:
         return None
     text = value.strip()
-    return float(text) if text.isdigit() else None
+    return float(text) if _digits(text) else None
 
 
 __all__ = [

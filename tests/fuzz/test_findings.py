@@ -111,3 +111,18 @@ def test_api_client_cannot_set_another_adapters_private_attributes() -> None:
     )
     assert "sip.from-display" not in envelope.attributes
     assert "xmpp.origin-id" not in envelope.attributes
+
+
+def test_http_numbers_are_ascii_digits_only() -> None:
+    # http_request: "Content-Length: 1³1" passed str.isdigit() and made int() raise
+    # ValueError; Max-Forwards and Cpimgw-Duration are read the same way (a 500 from the API)
+    raw = (
+        "POST /v1/messages HTTP/1.1\r\nCpimgw-From: im:bot@bots.test\r\n"
+        "Cpimgw-To: sip:bob@example.net\r\nContent-Type: message/cpim\r\n"
+        "Content-Length: 1\u00b31\r\n\r\nx"
+    ).encode("latin-1")
+    with pytest.raises(ParseError):
+        HTTP.decode(raw)
+    with pytest.raises(ParseError) as caught:
+        http_message("Max-Forwards: \u00b3".encode("latin-1"))
+    assert caught.value.code == "HTTP_BAD_NUMBER"
