@@ -58,7 +58,27 @@ SINKS = 100  # SIP users receiving (one SIPp UAS registered under each name)
 SENDERS = 16  # XMPP users sending
 RECEIVERS = 16  # XMPP users receiving
 SIP_SENDERS = 100  # SIP users sending (From only; the UAC is one SIPp)
-RATES = (500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000, 12000, 16000, 20000)
+RATES = (
+    100,
+    200,
+    300,
+    400,
+    500,
+    750,
+    1000,
+    1500,
+    2000,
+    2500,
+    3000,
+    4000,
+    5000,
+    6000,
+    8000,
+    10000,
+    12000,
+    16000,
+    20000,
+)
 MARK = re.compile(rb"r=(\d+) seq=(\d+) t=(\d+)\.0+\.(\d+)\.0+")
 ENTRY = re.compile(
     rb"-{40,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(UDP|TCP) message (received|sent) "
@@ -734,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="sending time per step")
     parser.add_argument("--lag", type=float, default=1.0, help="allowed backlog, seconds")
-    parser.add_argument("--start", type=int, default=500, help="first offered rate")
+    parser.add_argument("--start", type=int, default=100, help="first offered rate")
     parser.add_argument(
         "--paths",
         default="all",
