@@ -716,27 +716,27 @@ class CpimMessage:
         A malformed value (lenient mode) gives a best-effort Party: the URI is what the
         last ``<...>`` holds, or the whole value.
         """
-        for head, namespace, value, _ in self._records:
-            if head[2] == "From" and namespace == CPIM_NS:
-                return _party_of(value)
+        for record in self._records:
+            if record[0][2] == "From" and record[1] == CPIM_NS:
+                return _party_of(record[2])
         return None
 
     @property
     def to(self) -> tuple[Party, ...]:
         """Every To header in order (RFC 3862 §4.2)."""
         found = []
-        for head, namespace, value, _ in self._records:
-            if head[2] == "To" and namespace == CPIM_NS:
-                found.append(_party_of(value))
+        for record in self._records:
+            if record[0][2] == "To" and record[1] == CPIM_NS:
+                found.append(_party_of(record[2]))
         return tuple(found)
 
     @property
     def cc(self) -> tuple[Party, ...]:
         """Every cc header in order (RFC 3862 §4.3)."""
         found = []
-        for head, namespace, value, _ in self._records:
-            if head[2] == "cc" and namespace == CPIM_NS:
-                found.append(_party_of(value))
+        for record in self._records:
+            if record[0][2] == "cc" and record[1] == CPIM_NS:
+                found.append(_party_of(record[2]))
         return tuple(found)
 
     @property
@@ -1033,8 +1033,8 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     if e_end + 2 - h0 > policy.max_line_length or size > policy.max_message_size:
         return _parse_general(data, form, policy)
     try:
-        lines = head.decode("utf-8").split("\r\n")
-        elines = ehead.decode("utf-8").split("\r\n")
+        lines = head.decode().split("\r\n")  # UTF-8
+        elines = ehead.decode().split("\r\n")
     except UnicodeDecodeError:
         return _parse_general(data, form, policy)
     strict = policy.strict
@@ -1048,7 +1048,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
         or head.endswith(b" ")
         if strict
         # lenient: every CR and LF is part of a CRLF (the separators are gone)
-        else "\r" in (joined := "".join(lines) + "".join(elines)) or "\n" in joined
+        else "\r" in (joined := "".join(lines + elines)) or "\n" in joined
     ):
         return _parse_general(data, form, policy)
     records: list[_Record] = []
@@ -1056,7 +1056,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     heads = _HEADS.get
     ns_values = _NS_VALUES.get
     default: str | None = CPIM_NS
-    bindings: dict[str | None, str] | None = None
+    bindings: dict[str | None, str] = {}
     for name, _, value in map(_PARTITION, lines, _SPACES):
         info = heads(name)
         if info is None or not value:
@@ -1073,12 +1073,10 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             if prefix is None:
                 namespace = default
             else:
-                namespace = bindings.get(prefix) if bindings is not None else None
+                namespace = bindings.get(prefix)
             if info[2] == "NS" and namespace == CPIM_NS:
                 binding = ns_values(value) or _read_ns(value)
                 if binding is not None:
-                    if bindings is None:
-                        bindings = {}
                     bindings[binding[0]] = binding[1]
                     if binding[0] is None:
                         default = binding[1]
