@@ -8,7 +8,10 @@ What is checked, in order, and why:
    is refused too: cpimgw reads those without DTDs and does not pass the attack on.
 2. **Anti-spoofing**: the sender's domain must be owned by the adapter the envelope
    arrived on (the routing table says who owns what), or be listed for that adapter in
-   ``peers`` (a trusted peer gateway carries other domains' users). The same rule stops
+   ``peers`` (a trusted peer gateway carries other domains' users). A message's CPIM From
+   (unsigned, or inside its signature) must name that sender too — same user and host,
+   across im:/pres:/sip:/xmpp: (RFC 3862 §2.2) — or a CPIM-aware receiver would show an
+   author the network never authenticated. The same rule stops
    anyone from subscribing or unsubscribing on someone else's behalf: the watcher is
    the sender (RFC 3859 §3.2).
 3. **Deny and allow lists** by address pattern, applied to sender and recipient.
@@ -146,6 +149,19 @@ def xml_fault(payload: Payload) -> ParseError | None:
     return None
 
 
+def _author(payload: Payload | None) -> str | None:
+    """The CPIM From URI of a message's object (unsigned, or read inside its signature),
+    None when there is none to read: encrypted, not CPIM, unreadable (the adapters and the
+    route's signature policy deal with those)."""
+    if payload is None or not (payload.media_type == CPIM or payload.is_signed):
+        return None
+    try:
+        message = _cpim_message(payload)
+    except GatewayError:
+        return None
+    return None if message is None or message.sender is None else message.sender.uri
+
+
 def _cpim_message(payload: Payload) -> cpim.CpimMessage | None:
     """The CPIM object inside a payload (unsigned body form, or the signed entity)."""
     if payload.media_type == CPIM:
@@ -192,6 +208,15 @@ def judge(
             f"sender {envelope.sender} arrived on adapter {origin!r} but its domain {where}",
             "a sender must belong to the network it arrives from (anti-spoofing); "
             f"list its domain under [security.peers] {origin} if that peer may carry it",
+        )
+
+    author = _author(payload) if envelope.operation is Operation.MESSAGE else None
+    if author is not None and smime.match_sender(envelope.sender, [author]) is None:
+        return _refuse(
+            Reason.FORBIDDEN,
+            f"the object's From {author} is not its sender {envelope.sender}",
+            "RFC 3862 §2.2: the CPIM From names the originator, whom the network it came "
+            "from authenticated; send as yourself (a signature proves another author)",
         )
 
     if payload is not None and b"<!DOCTYPE" in payload.body and not payload.is_secured:

@@ -6,8 +6,8 @@ the HTTP API (the stack of ``tests/faults/stack.py``).
   adapter): 403 at the SIP sender, nothing reaches the XMPP user;
 - an XMPP user cannot claim a SIP user's address: a stanza with a forged ``from`` never
   reaches the gateway (Prosody stamps or refuses ``from``, RFC 6120 §8.1.2.1); and a CPIM
-  object inside the carriage element naming a SIP user as its From is checked against the
-  XMPP sender the server authenticated;
+  object inside the carriage element naming a SIP user as its From is refused (the CPIM
+  From must name the sender the network authenticated); the same for a SIP user's object;
 - an HTTP client sends only as the addresses its token covers, in the ``Cpimgw-From``
   header and in the object's own From.
 """
@@ -116,15 +116,6 @@ async def test_xmpp_user_cannot_forge_the_stanza_from(gw: Stack) -> None:
             assert b"carol" not in request.body.split(b"\r\n\r\n", 1)[0]
 
 
-INNER_FROM = (
-    "the CPIM From inside an unsigned object is not compared with the sender the network "
-    "authenticated (only the HTTP API does it, adapters/cpim/api.py _check_sender); "
-    "gateway/security.py judge checks the envelope sender alone, so a CPIM-aware recipient "
-    "sees the claimed author"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=INNER_FROM)
 async def test_xmpp_user_claiming_a_sip_address_inside_the_cpim_object_is_refused(
     gw: Stack,
 ) -> None:
@@ -182,7 +173,6 @@ async def test_http_client_sends_only_as_the_addresses_its_token_covers(gw: Stac
     assert not leaked
 
 
-@pytest.mark.xfail(strict=True, reason=INNER_FROM)
 async def test_sip_user_claiming_an_xmpp_address_inside_the_cpim_object_is_refused(
     gw: Stack,
 ) -> None:
