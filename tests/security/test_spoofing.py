@@ -24,6 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from adapters.contract import Capability
+from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload
+from canonical.errors import Reason
+from gateway.routing import Route, RoutingTable
+from gateway.security import Rules, judge
 from tests.faults.stack import (
     API_BOT,
     API_TOKEN,
@@ -194,3 +199,38 @@ async def test_sip_user_claiming_an_xmpp_address_inside_the_cpim_object_is_refus
         await asyncio.sleep(2)
         assert status == 403
         assert not any(f"carol {run}" in b for b in bodies(alice))
+
+
+@pytest.mark.parametrize(
+    ("sender", "author", "allowed"),
+    [
+        ("xmpp:mallory@xmpp.test/x", "sip:carol@sip.test", False),
+        ("xmpp:mallory@xmpp.test/x", "im:mallory@xmpp.test", True),
+        ("sip:bob@sip.test", "im:bob@sip.test", True),  # one user across schemes
+        ("sip:bob@sip.test", "im:alice@xmpp.test", False),
+    ],
+)
+def test_a_message_whose_cpim_from_is_not_its_sender_is_refused(
+    sender: str, author: str, allowed: bool
+) -> None:
+    table = RoutingTable([Route(XMPP_DOMAIN, "xmpp"), Route(SIP_DOMAIN, "sip")])
+    origin = "xmpp" if sender.startswith("xmpp:") else "sip"
+    envelope = Envelope(
+        Operation.MESSAGE,
+        sender,
+        "sip:dave@sip.test" if origin == "xmpp" else "xmpp:dave@xmpp.test",
+        Payload(CPIM, cpim_body(author, "im:dave@example.test", "hi")),
+        "id-1",
+        Origin(adapter=origin),
+    )
+    verdict = judge(
+        envelope,
+        rules=Rules(rate=0),
+        routing=table,
+        route=table.resolve(envelope.recipient).route,
+        capabilities=frozenset({Capability.MESSAGE}),
+        now=0.0,
+    )
+    assert verdict.allowed is allowed
+    if not allowed:
+        assert verdict.reason is Reason.FORBIDDEN
