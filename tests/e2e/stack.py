@@ -221,9 +221,9 @@ def stack(
     certificates from a CA of this run, verified by the gateway."""
     with contextlib.ExitStack() as stop:
         server = _xmpp_server(xmpp, workdir / xmpp, XMPP_USERS if users is None else users)
-        stop.callback(server.stop)
-        if isinstance(server, EjabberdServer):
+        if isinstance(server, EjabberdServer):  # removed after the server stopped (LIFO)
             stop.callback(shutil.rmtree, server.workdir, ignore_errors=True)
+        stop.callback(server.stop)
         sip_port, kamailio_port = free_port("udp"), free_port("udp")
         gateway_uri = f"sip:127.0.0.1:{sip_port};transport=udp"
         tls_of_kamailio = None
