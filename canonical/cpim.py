@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import operator
 import re
 from calendar import timegm
 from collections.abc import Callable, Iterable, Sequence
@@ -1059,15 +1060,15 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     bindings: dict[str | None, str] = {}
     for name, _, value in map(_PARTITION, lines, _SPACES):
         info = heads(name)
-        if info is None or not value:
-            # an unknown head (read, then remembered), or a line that ends at its head or
-            # its first SP (strict mode diagnoses that one)
+        if info is None:  # an unknown head: read, then remembered
+            info = _read_head(name)
             if info is None:
-                info = _read_head(name)
-                if info is None and '"' in name:  # a quoted String parameter
-                    info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
-            if info is None or (strict and not value):
-                return _parse_general(data, form, policy)
+                if '"' not in name:
+                    return _parse_general(data, form, policy)
+                # a quoted String parameter
+                info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
+                if info is None:
+                    return _parse_general(data, form, policy)
         if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
             prefix = info[1]
             namespace = default if prefix is None else bindings.get(prefix)
@@ -1090,6 +1091,8 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                 return _parse_general(data, form, policy)
     found: tuple[Defect, ...] | None = None
     if strict:
+        if "" in map(_VALUE, records):  # a line ending at its head: diagnosed there
+            return _parse_general(data, form, policy)
         faults = _Faults(data, True)
         _check_values(records, lambda: _Layout(data, h0, h_end, lines), faults, policy.profile)
         found = tuple(faults.items)
@@ -1115,6 +1118,7 @@ _new_message = object.__new__
 _SPLIT_LIMIT: Final = 8192
 _MIME_LINE: Final = MIME_HEADER[:-2]
 _PARTITION = str.partition
+_VALUE = operator.itemgetter(2)
 _SPACES = itertools.repeat(" ")
 _COLONS = itertools.repeat(":")
 
