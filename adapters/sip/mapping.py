@@ -625,7 +625,7 @@ class SipMapper:
                 reason=Reason.UNSUPPORTED_MEDIA,
                 hint="route this recipient with body_type = message/cpim",
             )
-        return Mapped(Request.build("MESSAGE", recipient, headers, body), tuple(losses))
+        return Mapped(_request("MESSAGE", recipient, headers, body), tuple(losses))
 
     # ----------------------------------------------------------- failures (ErrorMapper)
 
@@ -743,7 +743,7 @@ class SipMapper:
             ("Accept", PIDF),
             ("Expires", str(3600 if expires is None else expires)),
         ]
-        return Request.build("SUBSCRIBE", recipient, headers)
+        return _request("SUBSCRIBE", recipient, headers)
 
     def notify_request(self, envelope: Envelope) -> Request:
         """A NOTIFY body and state for an envelope (the dialog fields are placeholders)."""
@@ -758,7 +758,7 @@ class SipMapper:
         if envelope.operation is Operation.NOTIFY and payload is not None:
             headers.append(("Content-Type", payload.content_type))
             body = payload.body
-        return Request.build("NOTIFY", recipient, headers, body)
+        return _request("NOTIFY", recipient, headers, body)
 
 
 def notify_state(envelope: Envelope, *, expires: int | None = None) -> str:
@@ -782,6 +782,20 @@ def _one_line(text: str) -> str:
 
 def _title(key: str) -> str:
     return "-".join(part.capitalize() for part in key.split("-"))
+
+
+def _request(method: str, uri: str, headers: list[tuple[str, str]], body: bytes = b"") -> Request:
+    """``Request.build``, with a value no SIP header can hold (a line break that an
+    envelope attribute or a payload's type brought) as a MappingError (bad-request), not a
+    ValueError that ``send()`` would leak to the core as an internal error."""
+    try:
+        return Request.build(method, uri, headers, body)
+    except ValueError as exc:
+        raise MappingError(
+            f"the {method} cannot be written as a SIP request: {exc}",
+            reason=Reason.BAD_REQUEST,
+            hint="header values (types, states, display names) may not hold line breaks",
+        ) from None
 
 
 def _carried_headers(value: str | None) -> list[tuple[str, str]]:
@@ -1051,7 +1065,7 @@ def error_to_native(mapper: SipMapper, envelope: Envelope, error: GatewayError) 
             to_display=None,
         )
         headers += [("Reason", _reason_header(error)), ("Content-Type", CPIM)]
-        return Request.build("MESSAGE", target, headers, bytes(message))
+        return _request("MESSAGE", target, headers, bytes(message))
     headers = mapper._base_headers(
         notice.replace(sender=mapper.notice_from),
         "MESSAGE",
@@ -1066,7 +1080,7 @@ def error_to_native(mapper: SipMapper, envelope: Envelope, error: GatewayError) 
         ("Reason", _reason_header(error)),
         ("Content-Type", TEXT_PLAIN),
     ]
-    return Request.build("MESSAGE", target, headers, text.encode("utf-8"))
+    return _request("MESSAGE", target, headers, text.encode("utf-8"))
 
 
 def error_from_native(native: Request) -> GatewayError | None:

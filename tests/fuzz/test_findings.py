@@ -9,7 +9,7 @@ from adapters.contract import AdapterContext
 from adapters.cpim.adapter import CpimHttpAdapter
 from adapters.sip.adapter import SipAdapter
 from adapters.xmpp.adapter import XmppAdapter
-from canonical.envelope import Envelope, Origin, Payload
+from canonical.envelope import Envelope, Operation, Origin, Payload
 from canonical.errors import MappingError, ParseError, Reason
 
 XMPP = XmppAdapter("xmpp", XmppAdapter.sample().config, AdapterContext()).mapper
@@ -126,3 +126,20 @@ def test_http_numbers_are_ascii_digits_only() -> None:
     with pytest.raises(ParseError) as caught:
         http_message("Max-Forwards: \u00b3".encode("latin-1"))
     assert caught.value.code == "HTTP_BAD_NUMBER"
+
+
+def test_a_notify_whose_subscription_state_holds_a_line_break_is_a_mapping_error() -> None:
+    # http_request: Cpimgw-Attribute subscription.state (an application may set it; in
+    # RFC 8187 form it can hold %0A) made Request.build raise ValueError in the SIP NOTIFY
+    envelope = Envelope(
+        Operation.NOTIFY,
+        "im:bot@bots.test",
+        "sip:bob@example.net",
+        Payload("application/pidf+xml", b"<presence/>"),
+        "n-1",
+        BOT_ORIGIN,
+        attributes={"subscription.state": "active\nVia: SIP/2.0/UDP evil"},
+    )
+    with pytest.raises(MappingError) as caught:
+        SIP.from_canonical(envelope)
+    assert caught.value.reason is Reason.BAD_REQUEST
