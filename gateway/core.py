@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from adapters.contract import Adapter, Capability, Deliver, Receipt
 from canonical.envelope import Envelope, Operation
@@ -152,6 +152,7 @@ class Gateway:
         self._started = False
         self._store_ok = False
         self._handles: dict[str, _Handle] = {}
+        self._turns: dict[str, _Turn] = {}
         self._check_routes()
 
     # -- configuration ------------------------------------------------------------
@@ -276,7 +277,12 @@ class Gateway:
         return handle
 
     async def accept(self, adapter: str, envelope: Envelope) -> Receipt:
-        """Check, route and store one inbound envelope; see the module docstring."""
+        """Check, route and store one inbound envelope; see the module docstring.
+
+        Order: calls are written to the store in the order they were made (nothing
+        before the store write suspends but a sender's token bucket, taken in turns), so
+        an adapter that starts calls in its network's order — without waiting for each
+        answer — has them stored, and so sent on, in that order."""
         now = self.clock()
         fixes: dict[str, object] = {}
         if envelope.origin.adapter != adapter:
@@ -376,9 +382,7 @@ class Gateway:
         if not verdict.allowed:
             raise verdict.error()
         if verdict.rate_key is not None and self.rules.rate > 0:
-            wait = await self.store.take_token(
-                verdict.rate_key, rate=self.rules.rate, burst=self.rules.burst, now=now
-            )
+            wait = await self._take_token(verdict.rate_key, now)
             if wait > 0:
                 raise RateLimitedError(
                     f"{envelope.sender} sends faster than {self.rules.rate:g}/s",
@@ -409,6 +413,26 @@ class Gateway:
         else:
             effects = self.book.notify(envelope, now=now)
         return self._commit_of(envelope.identity, effects, now), effects
+
+    async def _take_token(self, key: str, now: float) -> float:
+        """The store's token bucket, one caller per key at a time in call order. A shared
+        store answers over the network; without the turn, a sender's later message could
+        get its answer first and be stored first. Handing the turn on wakes the next
+        caller only after this one has gone on to its store write (no suspension lies
+        between), which keeps the order ``accept`` promises."""
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self.store.take_token(
+                    key, rate=self.rules.rate, burst=self.rules.burst, now=now
+                )
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[key]
 
     def _commit_of(self, identity: str, effects: Effects, now: float) -> Commit:
         entries = []
@@ -649,6 +673,14 @@ class Gateway:
             self._wake.set()
             await asyncio.sleep(0.01)
         raise TimeoutError(f"the gateway did not settle within {within}s")
+
+
+@dataclass(slots=True)
+class _Turn:
+    """A FIFO lock and the number of callers holding or waiting for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class _Handle:
