@@ -1,8 +1,9 @@
 """The XMPP adapter's I/O shell: a slixmpp ``ComponentXMPP`` (XEP-0114) connection.
 
 Inbound: every ``<message/>`` and ``<presence/>`` addressed to the component domain is
-checked (size), mapped (:mod:`adapters.xmpp.mapping`) and handed to ``deliver`` in arrival
-order; a refusal goes back to the sender as a stanza error (RFC 6120 §8.3).
+checked (size), mapped (:mod:`adapters.xmpp.mapping`) and handed to ``deliver``, many at
+once but in arrival order between each sender and recipient; a refusal goes back to the
+sender as a stanza error (RFC 6120 §8.3).
 
 Outbound: :meth:`XmppAdapter.send` queues the stanzas of an envelope; one writer task
 writes them and then sends a XEP-0199 ping to the XMPP server as a *barrier*. XEP-0114
@@ -20,7 +21,9 @@ private link (docs/xmpp.md).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import itertools
 import random
 import xml.etree.ElementTree as ET
@@ -57,6 +60,10 @@ from canonical.envelope import Envelope, Origin
 from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
 from canonical.policy import KIB, Policy
 
+#: Inbound stanzas with the core at once; each waits for the store commit holding its
+#: envelope, so this many can share one commit.
+INBOUND_LIMIT = 1024
+
 
 class XmppConfig(AdapterConfig):
     """``[adapters.NAME]`` with ``kind = "xmpp"`` (docs/xmpp.md lists every key)."""
@@ -91,6 +98,17 @@ class _Outgoing:
     done: asyncio.Future[Sent]
     ids: tuple[str, ...] = ()
     wire: bytes = b""
+
+
+@dataclass(slots=True)
+class _Lane:
+    """The stanzas of one sender (bare JID) not yet with the core, and what is."""
+
+    sender: str
+    finished: Callable[[object], None] = lambda _task: None
+    waiting: collections.deque[ET.Element] = field(default_factory=collections.deque)
+    running: int = 0
+    exclusive: bool = False  # a presence stanza is with the core
 
 
 @dataclass
@@ -216,6 +234,10 @@ class XmppAdapter(Adapter):
         self._origin = Origin(adapter=name, peer=config.component)
         self._xmpp: _Component | None = None
         self._inbound: asyncio.Queue[ET.Element | None] = asyncio.Queue()
+        self._lanes: dict[str, _Lane] = {}
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._deliver: Deliver | None = None
         self._outbound: list[_Outgoing] = []
         self._outbound_ready = asyncio.Event()
         self._session = asyncio.Event()
@@ -402,15 +424,67 @@ class XmppAdapter(Adapter):
         self._write(reply)
 
     async def _serve_inbound(self, deliver: Deliver) -> None:
+        """Hand stanzas to the core with many in flight: each ``deliver`` waits for the
+        store commit holding its envelope, so one at a time would allow one stanza per
+        commit. Order is kept per sender (bare JID), in a :class:`_Lane`: the sender's
+        messages are handed over in arrival order without waiting for each other (the
+        core stores ``deliver`` calls of messages in the order they were made), and a
+        presence stanza waits for everything before it and holds back everything after
+        it, so the core's presence book sees each user's presence changes in order
+        (RFC 6120 §10.1: a server delivers one entity's stanzas in order). At most
+        ``INBOUND_LIMIT`` stanzas are with the core at once."""
+        self._deliver = deliver
         while True:
             element = await self._inbound.get()
             if element is None:
+                break
+            while self._in_flight >= INBOUND_LIMIT:
+                self._room.clear()
+                await self._room.wait()
+            sender = element.get("from", "").partition("/")[0]
+            lane = self._lanes.get(sender)
+            if lane is None:
+                lane = self._lanes[sender] = _Lane(sender)
+                lane.finished = functools.partial(self._finished, lane)
+            lane.waiting.append(element)
+            self._advance(lane)
+        while self._lanes:  # what was received is delivered or refused, never dropped
+            self._room.clear()
+            await self._room.wait()
+
+    def _advance(self, lane: _Lane) -> None:
+        """Start what the lane's order allows: messages while no presence stanza is in
+        flight, a presence stanza once nothing is."""
+        waiting = lane.waiting
+        while waiting and not lane.exclusive:
+            element = waiting[0]
+            exclusive = local(element.tag) != "message"
+            if exclusive and lane.running:
                 return
-            try:
-                await self._handle_inbound(element, deliver)
-            except Exception:
-                self.context.logger.exception("xmpp %s: inbound stanza failed", self.name)
-                self.context.count("xmpp_inbound_failures", adapter=self.name)
+            waiting.popleft()
+            lane.exclusive = exclusive
+            lane.running += 1
+            self._in_flight += 1
+            task = asyncio.create_task(self._serve_one(element))
+            task.add_done_callback(lane.finished)
+
+    def _finished(self, lane: _Lane, _task: object) -> None:
+        self._in_flight -= 1
+        lane.running -= 1
+        if not lane.running:
+            lane.exclusive = False
+        self._advance(lane)
+        if not lane.running and not lane.waiting:
+            del self._lanes[lane.sender]
+        self._room.set()
+
+    async def _serve_one(self, element: ET.Element) -> None:
+        assert self._deliver is not None
+        try:
+            await self._handle_inbound(element, self._deliver)
+        except Exception:
+            self.context.logger.exception("xmpp %s: inbound stanza failed", self.name)
+            self.context.count("xmpp_inbound_failures", adapter=self.name)
 
     async def _handle_inbound(self, element: ET.Element, deliver: Deliver) -> None:
         envelope = self._map_inbound(element)
