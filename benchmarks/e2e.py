@@ -666,7 +666,11 @@ async def main_async(options: argparse.Namespace) -> int:
     extra = {"security.rate": 0, "logging.level": options.log_level}
     if options.synchronous:
         extra["store.synchronous"] = options.synchronous
-    rates = [r for r in RATES if r >= options.start]
+    rates = (
+        [int(r) for r in options.rates.split(",")]
+        if options.rates
+        else [r for r in RATES if r >= options.start]
+    )
     with stack(
         folder, extra=extra, users=users, kamailio_shm_mb=1024, kamailio_children=options.children
     ) as running:
@@ -703,12 +707,12 @@ async def main_async(options: argparse.Namespace) -> int:
             assert running.gateway is not None
             _GATEWAY.append(running.gateway.pid)
             if "xmpp-sip" in paths or "all" in paths:
-                with sampled(options.py_spy, "xmpp-sip", running.gateway.pid):
+                with sampled(options.py_spy, "xmpp-sip", running.gateway.pid, gil=options.gil):
                     results.append(
                         await measure("XMPP -> SIP through cpimgw", bench.xmpp_to_sip, rates)
                     )
             if "sip-xmpp" in paths or "all" in paths:
-                with sampled(options.py_spy, "sip-xmpp", running.gateway.pid):
+                with sampled(options.py_spy, "sip-xmpp", running.gateway.pid, gil=options.gil):
                     results.append(
                         await measure("SIP -> XMPP through cpimgw", bench.sip_to_xmpp, rates)
                     )
@@ -722,8 +726,9 @@ async def main_async(options: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def sampled(prefix: str | None, name: str, pid: int) -> Iterator[None]:
-    """py-spy samples the gateway (CPU only, idle excluded) while the block runs; the
+def sampled(prefix: str | None, name: str, pid: int, *, gil: bool = False) -> Iterator[None]:
+    """py-spy samples the gateway (CPU only, idle excluded; with ``gil`` only the thread
+    holding the interpreter lock, i.e. Python's own CPU) while the block runs; the
     collapsed stacks go to ``PREFIX-NAME.txt``."""
     if prefix is None:
         yield
@@ -733,6 +738,7 @@ def sampled(prefix: str | None, name: str, pid: int) -> Iterator[None]:
         [
             str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
             "--format", "raw", "--rate", "250", "--nonblocking", "-o", out,
+            *(["--gil"] if gil else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -756,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lag", type=float, default=1.0, help="allowed backlog, seconds")
     parser.add_argument("--start", type=int, default=100, help="first offered rate")
     parser.add_argument(
+        "--rates", default=None, help="comma list of offered rates instead of the steps"
+    )
+    parser.add_argument(
         "--paths",
         default="all",
         help="comma list of xmpp-direct, sip-direct, xmpp-sip, sip-xmpp (default all)",
@@ -767,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--py-spy", default=None, metavar="PREFIX", help="sample the gateway with py-spy"
     )
+    parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
     options = parser.parse_args(argv)
     return asyncio.run(main_async(options))
 
