@@ -28,7 +28,9 @@ import contextlib
 import heapq
 import json
 import logging
+import queue
 import sqlite3
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -246,8 +248,10 @@ class _Pump:
         self.batches = 0
         self.operations = 0
         self.task: asyncio.Task[None] | None = None
+        self.committer = _Committer()
 
     def start(self) -> None:
+        self.committer.start()
         self.task = asyncio.create_task(self._run(), name="cpimgw-store")
 
     def submit(self, op: _Op) -> None:
@@ -259,6 +263,7 @@ class _Pump:
         self.wake.set()
         if self.task is not None:
             await self.task
+        self.committer.stop()
         self.conn.close()
 
     async def _run(self) -> None:
@@ -308,12 +313,76 @@ class _Pump:
                     raise _OperationError(exc) from exc
             # COMMIT fsyncs (synchronous = FULL) and runs the WAL auto-checkpoint now and
             # then (either mode): both off the loop.
-            await _in_thread(conn.execute, "COMMIT")
+            await self.committer.run(conn.execute, "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         return results
+
+
+#: A job for the commit thread: the loop to answer on, the future, the call.
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class _Committer:
+    """One thread of the store's own that runs each ``COMMIT`` handed to it, in order.
+
+    A thread pool costs its hand-off per batch (locks, a work item, a second future
+    chained to the loop's); here a hand-off is one put on a simple queue and one wake-up
+    of the loop with the answer."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._serve, name="cpimgw-store-commit", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the thread; if the caller is cancelled meanwhile, the thread's
+        work is waited for before the cancellation goes on, so nobody touches the
+        connection while the thread still uses it (SQLite connections are not
+        re-entrant)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._jobs.put((loop, done, fn, args))
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await done
+            raise
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, done, fn, args = job
+            try:
+                answer: tuple[Callable[..., None], Any] = (_succeed, fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                answer = (_fail, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(answer[0], done, answer[1])
+
+
+def _succeed(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
