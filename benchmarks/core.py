@@ -87,12 +87,13 @@ async def one_run(
             await inbound.inject(envelope)
 
     start = time.perf_counter()
+    cpu = time.process_time()
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     await outbound.wait_sent(count, within=600)
     elapsed = time.perf_counter() - start
-    extra: dict[str, float] = {}
+    extra: dict[str, float] = {"cpu_us": (time.process_time() - cpu) / count * 1e6}
     if isinstance(store, SqliteStore):
-        extra = {"transactions": store.batches, "operations": store.operations}
+        extra |= {"transactions": store.batches, "operations": store.operations}
     await gateway.stop()
     return elapsed, extra
 
@@ -126,11 +127,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, factory in variants.items():
             results[name].append(measure(name, factory, args.messages, args.concurrency, rnd))
     summary = {name: statistics.median(r["rate"] for r in runs) for name, runs in results.items()}
+    cpu = {name: statistics.median(r["cpu_us"] for r in runs) for name, runs in results.items()}
     baseline = summary["memory (not durable)"]
     durable = summary["sqlite synchronous=full"]
     if args.json:
         print(
-            json.dumps({"messages": args.messages, "rates": summary, "ratio": durable / baseline})
+            json.dumps(
+                {
+                    "messages": args.messages,
+                    "rates": summary,
+                    "cpu_us": cpu,
+                    "ratio": durable / baseline,
+                }
+            )
         )
     else:
         print(f"{args.messages} messages, {args.concurrency} in flight, median of {args.rounds}")
@@ -141,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "transactions" in last
                 else ""
             )
-            print(f"  {name:<28} {rate:>9,.0f} msg/s  ({rate / baseline:.2f}x of memory{txn})")
+            print(
+                f"  {name:<28} {rate:>9,.0f} msg/s  {cpu[name]:5.0f} µs CPU/msg"
+                f"  ({rate / baseline:.2f}x of memory{txn})"
+            )
         print(f"durable (full) / in-memory = {durable / baseline:.2f}  (target >= 0.5)")
         print(f"durable (full) = {durable:,.0f} msg/s  (target >= 5,000)")
     return 0
