@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -36,8 +37,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": _utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -47,12 +47,26 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False, default=str)
 
+    def line(self, created: float, level: int, name: str, event: str, fields: Fields) -> str:
+        """What :meth:`format` writes for a record of ``event`` with ``fields`` as extras,
+        without building the record."""
+        out: dict[str, Any] = {
+            "time": _utc(created),
+            "level": _level_name(level).lower(),
+            "logger": name,
+            "message": event,
+        }
+        out.update(fields)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
 
 class TextFormatter(logging.Formatter):
     """``time level logger message key=value ...`` with values quoted when needed."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -63,19 +77,61 @@ class TextFormatter(logging.Formatter):
         ]
         return f"{line} {' '.join(extras)}" if extras else line
 
+    def line(self, created: float, level: int, name: str, event: str, fields: Fields) -> str:
+        """What :meth:`format` writes for a record of ``event`` with ``fields`` as extras,
+        without building the record (the local time is formatted once per second)."""
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self.default_time_format, self.converter(created))
+        msecs = int((created - second) * 1000)
+        extras = " ".join([f"{key}={_quote(value)}" for key, value in fields.items()])
+        head = f"{self._stamp},{msecs:03d} {_level_name(level)} {name} {event}"
+        return f"{head} {extras}" if extras else head
+
+
+Fields = dict[str, Any]
+_LEVELS = {n: logging.getLevelName(n) for n in (10, 20, 30, 40, 50)}
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t]')
+
+
+def _level_name(level: int) -> str:
+    return _LEVELS.get(level) or logging.getLevelName(level)
+
+
+def _utc(created: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+        + f".{int((created - int(created)) * 1000):03d}Z"
+    )
+
 
 def _quote(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "=\n\t'):
+    if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text, ensure_ascii=False)
     return text
+
+
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure` installs: a stream handler that can also write a
+    line formatted elsewhere (the outcome lines, see :class:`OutcomeLog`)."""
+
+    def write_line(self, line: str) -> None:
+        """Write one formatted line, as :meth:`emit` writes a record (lock, flush)."""
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self.stream.write(line + self.terminator)
+                self.flush()
+            except Exception:  # noqa: BLE001 - as logging.Handler: never raise from a log line
+                self.handleError(logging.makeLogRecord({"msg": line}))
 
 
 def configure(
     *, fmt: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None
 ) -> logging.Handler:
     """Send cpimgw's logs to ``stream`` (stderr) in ``fmt``; returns the handler."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = LineHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("cpimgw")
     for old in list(root.handlers):
@@ -87,7 +143,12 @@ def configure(
 
 
 class OutcomeLog:
-    """Writes the one line per outcome; knows which addresses are traced."""
+    """Writes the one line per outcome; knows which addresses are traced.
+
+    When logging is set up by :func:`configure` and nobody added handlers or filters on
+    the way, the line is formatted here and written to that handler directly: the same
+    text, without building a ``LogRecord`` (the outcome lines are the gateway's most
+    frequent, two per message). Otherwise it goes through ``logging`` as any record."""
 
     def __init__(self, trace: Iterable[str] = (), logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(OUTCOMES)
@@ -100,6 +161,20 @@ class OutcomeLog:
             return bare(envelope.sender) in self.trace or bare(envelope.recipient) in self.trace
         except ValueError:
             return False
+
+    def _direct(self, level: int) -> LineHandler | None:
+        """The handler to write to directly, when that gives what ``logging`` would."""
+        logger = self.logger
+        parent = logger.parent
+        if logger.handlers or logger.filters or not logger.propagate or parent is None:
+            return None
+        handlers = parent.handlers
+        if len(handlers) != 1 or parent.propagate or parent.filters or parent.parent is None:
+            return None
+        handler = handlers[0]
+        if type(handler) is not LineHandler or handler.filters or level < handler.level:
+            return None
+        return handler
 
     def outcome(
         self,
@@ -121,12 +196,18 @@ class OutcomeLog:
             "origin": envelope.origin.adapter,
         }
         extra.update({k: v for k, v in fields.items() if v is not None})
-        if envelope.payload is not None:
-            extra["content_type"] = envelope.payload.media_type
-            extra["size"] = len(envelope.payload.body)
-            if self.traced(envelope):
-                extra["body_b64"] = base64.b64encode(envelope.payload.body).decode("ascii")
-        self.logger.log(level, event, extra=extra)
+        payload = envelope.payload
+        if payload is not None:
+            extra["content_type"] = payload.media_type
+            extra["size"] = len(payload.body)
+            if self.trace and self.traced(envelope):
+                extra["body_b64"] = base64.b64encode(payload.body).decode("ascii")
+        handler = self._direct(level)
+        formatter = handler.formatter if handler is not None else None
+        if handler is None or not isinstance(formatter, TextFormatter | JsonFormatter):
+            self.logger.log(level, event, extra=extra)
+            return
+        handler.write_line(formatter.line(time.time(), level, self.logger.name, event, extra))
 
 
 def fields_of(mapping: Mapping[str, Any]) -> dict[str, Any]:
