@@ -64,6 +64,10 @@ class GatewaySection(_Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
         description="this gateway's id in transport histories (letters, digits, . _ : -)",
     )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        default="auto",
+        description='"uvloop" (pip install cpimgw[speed]) is faster; "auto" uses it when installed',
+    )
 
 
 class StoreSection(_Section):
