@@ -666,6 +666,8 @@ async def main_async(options: argparse.Namespace) -> int:
     extra = {"security.rate": 0, "logging.level": options.log_level}
     if options.synchronous:
         extra["store.synchronous"] = options.synchronous
+    if options.event_loop:
+        extra["gateway.event_loop"] = options.event_loop
     rates = (
         [int(r) for r in options.rates.split(",")]
         if options.rates
@@ -771,6 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="info", help="the gateway's [logging] level")
     parser.add_argument("--synchronous", choices=("full", "normal"), default=None)
+    parser.add_argument(
+        "--event-loop", choices=("auto", "asyncio", "uvloop"), default=None, help="the gateway's"
+    )
     parser.add_argument("--children", type=int, default=None, help="Kamailio UDP workers")
     parser.add_argument("--profile", default=None, help="run the gateway under cProfile")
     parser.add_argument(
