@@ -41,6 +41,7 @@ from adapters.contract import (
 from adapters.cpim.api import Api
 from adapters.cpim.client import PeerClient, client_context
 from adapters.cpim.ledger import Ledger, Synchronous
+from adapters.cpim.listener import Gate, GatedSite
 from adapters.cpim.mapping import HttpMapper, report_of
 from adapters.cpim.resolver import LABEL, Service, SrvResolver
 from adapters.cpim.stream import Hub
@@ -108,6 +109,11 @@ class CpimHttpConfig(AdapterConfig):
     dns: list[str] = Field(default_factory=list, description='DNS servers, "host:port"')
     srv_label: str = Field(default=LABEL, pattern=r"^_[A-Za-z0-9-]+$")
     max_body: int = Field(default=1 * MIB, ge=1024)
+    max_connections: int = Field(default=1024, ge=1, description="open at once; more get 503")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="seconds for a request head (and idle keep-alive)"
+    )
+    body_timeout: float = Field(default=30.0, gt=0, description="seconds for a request body")
     send_timeout: float = Field(default=10.0, gt=0)
     heartbeat: float = Field(default=15.0, gt=0)
     retention: float = Field(default=7 * 86400.0, gt=0)
@@ -212,6 +218,13 @@ class CpimHttpAdapter(Adapter):
         self.tokens = build_tokens(config)
         self.ledger = Ledger(config.database, synchronous=config.synchronous)
         self.hub = Hub()
+        self.gate = Gate(
+            name=name,
+            max_connections=config.max_connections,
+            header_timeout=config.header_timeout,
+            count=context.count,
+            logger=context.logger,
+        )
         self.api = Api(
             name=name,
             mapper=self._mapper,
@@ -223,6 +236,8 @@ class CpimHttpAdapter(Adapter):
             logger=context.logger,
             max_body=config.max_body,
             heartbeat=config.heartbeat,
+            body_timeout=config.body_timeout,
+            gate=self.gate,
         )
         tls = config.tls
         self._client_tls = (
@@ -305,10 +320,11 @@ class CpimHttpAdapter(Adapter):
                 runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0, access_log=None)
                 await runner.setup()
                 self._runner = runner
-                site = web.TCPSite(
+                site = GatedSite(
                     runner,
                     self.settings.host,
                     self.settings.port,
+                    gate=self.gate,
                     ssl_context=self._server_tls,
                     reuse_address=True,
                 )

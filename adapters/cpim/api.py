@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 
 from adapters.contract import Deliver
 from adapters.cpim.ledger import Ledger, Status
+from adapters.cpim.listener import Gate
 from adapters.cpim.mapping import (
     APPLICATION_ATTRIBUTES,
     ATTRIBUTE,
@@ -105,6 +106,8 @@ class Api:
         logger: Any,
         max_body: int,
         heartbeat: float = 15.0,
+        body_timeout: float = 30.0,
+        gate: Gate | None = None,
     ) -> None:
         self.name = name
         self.mapper = mapper
@@ -116,14 +119,17 @@ class Api:
         self.log = logger
         self.max_body = max_body
         self.heartbeat = heartbeat
+        self.body_timeout = body_timeout
+        self.gate = gate
         self.deliver: Deliver | None = None
         self.rates = RateBook()
         self._openapi = openapi_text()
 
     def app(self) -> web.Application:
-        app = web.Application(
-            middlewares=[self._answer_errors, self._authenticate], client_max_size=self.max_body
-        )
+        middlewares = [self._answer_errors, self._authenticate]
+        if self.gate is not None:
+            middlewares.insert(0, self.gate.track)
+        app = web.Application(middlewares=middlewares, client_max_size=self.max_body)
         app.router.add_get("/openapi.yaml", self.openapi)
         app.router.add_get("/v1/me", self.me)
         for method, path in (
@@ -223,7 +229,11 @@ class Api:
                 reason=Reason.TOO_LARGE,
                 hint="send a smaller object",
             )
-        body = await request.read()
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
+        except TimeoutError:
+            return self._late(request, principal)
         native = self._native(request, principal, body)
         reading = self.mapper.read(
             native,
@@ -273,6 +283,29 @@ class Api:
             status=202,
             headers={"Location": location, ID: envelope.identity},
         )
+
+    def _late(self, request: web.Request, principal: Principal) -> web.Response:
+        """A body that did not arrive within ``body_timeout``: 408 and the connection
+        closed (RFC 9110 §15.5.9), so a slow sender holds no descriptor past it."""
+        self.count("http_body_timeouts", adapter=self.name)
+        self.log.warning(
+            "http %s: %s did not send the body of %s %s within %gs (body_timeout)",
+            self.name,
+            principal.name,
+            request.method,
+            request.path,
+            self.body_timeout,
+        )
+        response = problem_response(
+            GatewayError(
+                f"the body did not arrive within {self.body_timeout:g}s",
+                reason=Reason.TIMEOUT,
+                hint="send the whole body at once, or raise body_timeout",
+            ),
+            status=408,
+        )
+        response.force_close()
+        return response
 
     def _recorded(self, written: asyncio.Future[Any]) -> None:
         if not written.cancelled() and written.exception() is not None:
