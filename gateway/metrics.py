@@ -10,6 +10,8 @@ Names and labels (documented in the operators' guide, "Metrics"):
 - ``cpimgw_retries_total{adapter,reason}``: delivery attempts rescheduled.
 - ``cpimgw_reports_total{adapter,result}``: failure reports to senders (``sent``/``error``).
 - ``cpimgw_signatures_total{state}``: signature checks under ``verify``/``require``.
+- ``cpimgw_author_mismatches_total{adapter}``: CPIM From not the sender, let through
+  (``[security] author = "off"``).
 - ``cpimgw_presence_dropped_total``: NOTIFYs not passed on (no authorised watcher).
 - ``cpimgw_delivery_latency_seconds{adapter}``: from receipt to delivery (histogram).
 - ``cpimgw_queue_depth{adapter}``, ``cpimgw_queue_failed``, ``cpimgw_queue_oldest_age_seconds``.
@@ -75,6 +77,12 @@ class Metrics:
             "cpimgw_reports", "Failure reports to senders", ["adapter", "result"], registry=r
         )
         self.signatures = Counter("cpimgw_signatures", "Signature checks", ["state"], registry=r)
+        self.author_mismatches = Counter(
+            "cpimgw_author_mismatches",
+            "Messages whose CPIM From is not their sender, let through ([security] author = off)",
+            ["adapter"],
+            registry=r,
+        )
         self.presence_dropped = Counter(
             "cpimgw_presence_dropped", "NOTIFYs without an authorised watcher", registry=r
         )
