@@ -396,6 +396,20 @@ class Gateway:
             if verdict.signature != "unchecked":
                 # "verify" annotates: the result travels with the envelope (and the logs)
                 changes["attributes"] = {**envelope.attributes, SIGNATURE: verdict.signature}
+            if verdict.attributes:  # [security] author = "off": recorded, not refused
+                annotated = {**envelope.attributes, **verdict.attributes}
+                if verdict.signature != "unchecked":
+                    annotated[SIGNATURE] = verdict.signature
+                changes["attributes"] = annotated
+                self.metrics.author_mismatches.labels(envelope.origin.adapter).inc()
+                self.log.warning(
+                    "the CPIM From is not the sender; let through ([security] author = off)",
+                    extra={
+                        "identity": envelope.identity,
+                        "sender": envelope.sender,
+                        **verdict.attributes,
+                    },
+                )
             out = envelope.replace(**changes) if changes else envelope
             entry = Outbound(resolution.adapter, out, now + self.delivery.expiry)
             return Commit(envelope.identity, now, (entry,)), None
