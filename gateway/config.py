@@ -130,6 +130,11 @@ class SecuritySection(_Section):
     freshness: Duration = 600.0
     skew: Duration = 60.0
     trust: list[Path] = []
+    author: Literal["match", "signed", "off"] = Field(
+        default="match",
+        description="a CPIM From that is not the sender: refused (match), allowed when signed "
+        "by that author on a verify/require route (signed), or only recorded (off)",
+    )
 
 
 class LoopSection(_Section):
@@ -226,6 +231,7 @@ class Config:
             freshness=sec.freshness,
             skew=sec.skew,
             trust=self.trust,
+            author=sec.author,
         )
 
     def delivery(self) -> DeliveryPolicy:

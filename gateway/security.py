@@ -11,7 +11,13 @@ What is checked, in order, and why:
    ``peers`` (a trusted peer gateway carries other domains' users). A message's CPIM From
    (unsigned, or inside its signature) must name that sender too — same user and host,
    across im:/pres:/sip:/xmpp: (RFC 3862 §2.2) — or a CPIM-aware receiver would show an
-   author the network never authenticated. The same rule stops
+   author the network never authenticated. ``author`` sets how strict that is:
+   ``match`` (the default) refuses every other From; ``signed`` also lets a From through
+   when the object's S/MIME signature, checked under the route's ``verify``/``require``
+   policy, is valid and by that author (RFC 3862 §5.2: a store-and-forward service
+   relaying someone else's signed message); ``off`` only records it: the envelope is
+   annotated ``author.mismatch`` (the From it names) for the logs and the receivers'
+   adapters. The same rule stops
    anyone from subscribing or unsubscribing on someone else's behalf: the watcher is
    the sender (RFC 3859 §3.2).
 3. **Deny and allow lists** by address pattern, applied to sender and recipient.
@@ -42,6 +48,10 @@ from canonical.xmldoc import parse_xml
 from gateway.routing import Route, RoutingTable, check_pattern, pattern_matches, split_address
 
 SignatureState = Literal["unchecked", "none", "valid", "invalid"]
+AuthorRule = Literal["match", "signed", "off"]
+
+#: Envelope attribute naming a CPIM From that is not the sender (``author = "off"``).
+AUTHOR_MISMATCH = "author.mismatch"
 
 #: CPIM headers every adapter carries in its native form (RFC 3862 §4; RFC 7247 §5).
 ALWAYS_HONOURED = frozenset({"From", "To", "cc", "DateTime", "NS", "Require"})
@@ -86,12 +96,15 @@ class Rules:
     freshness: float = 600.0
     skew: float = 60.0
     trust: tuple[x509.Certificate, ...] = ()
+    author: AuthorRule = "match"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The decision on one envelope. ``signature`` records what the signature check
-    found (for logs and metrics under ``verify``); ``rate_key`` names the sender's bucket."""
+    found (for logs and metrics under ``verify``); ``rate_key`` names the sender's bucket;
+    ``attributes`` are annotations the core adds to the envelope it stores
+    (:data:`AUTHOR_MISMATCH` under ``author = "off"``)."""
 
     allowed: bool
     reason: Reason | None = None
@@ -99,14 +112,17 @@ class Verdict:
     hint: str = ""
     signature: SignatureState = "unchecked"
     rate_key: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
     def error(self) -> SecurityError:
         """The error the sender gets for a refusal."""
         return SecurityError(self.message, reason=self.reason or Reason.FORBIDDEN, hint=self.hint)
 
 
-def _refuse(reason: Reason, message: str, hint: str, **kw: SignatureState) -> Verdict:
-    return Verdict(False, reason, message, hint, **kw)
+def _refuse(
+    reason: Reason, message: str, hint: str, *, signature: SignatureState = "unchecked"
+) -> Verdict:
+    return Verdict(False, reason, message, hint, signature=signature)
 
 
 def honoured(route: Route, capabilities: frozenset[Capability]) -> frozenset[str] | None:
@@ -211,13 +227,23 @@ def judge(
         )
 
     author = _author(payload) if envelope.operation is Operation.MESSAGE else None
-    if author is not None and smime.match_sender(envelope.sender, [author]) is None:
-        return _refuse(
-            Reason.FORBIDDEN,
-            f"the object's From {author} is not its sender {envelope.sender}",
-            "RFC 3862 §2.2: the CPIM From names the originator, whom the network it came "
-            "from authenticated; send as yourself (a signature proves another author)",
-        )
+    other = author if author is not None and not _names(envelope.sender, author) else None
+    if other is not None and rules.author != "off":
+        signed_route = route is not None and route.signatures != "off"
+        if rules.author == "match" or not (signed_route and payload and payload.is_signed):
+            return _refuse(
+                Reason.FORBIDDEN,
+                f"the object's From {other} is not its sender {envelope.sender}",
+                "RFC 3862 §2.2: the CPIM From names the originator, whom the network it came "
+                "from authenticated; send as yourself"
+                + (
+                    " (a valid signature by the named author is accepted on routes with "
+                    "signatures = verify or require)"
+                    if rules.author == "signed"
+                    else ' ([security] author = "signed" accepts a valid signature by the '
+                    "named author)"
+                ),
+            )
 
     if payload is not None and b"<!DOCTYPE" in payload.body and not payload.is_secured:
         fault = xml_fault(payload)
@@ -276,9 +302,28 @@ def judge(
                 return verdict
             signature = verdict.signature
 
+    if other is not None and rules.author == "signed" and signature != "valid":
+        # a valid signature here is one whose signer is the CPIM From (_check_signature)
+        return _refuse(
+            Reason.FORBIDDEN,
+            f"the object's From {other} is not its sender {envelope.sender}, and its "
+            f"signature does not prove that {other} wrote it ({signature})",
+            "relay only objects signed by their author with a certificate this gateway "
+            "trusts ([security] trust)",
+            signature=signature,
+        )
     return Verdict(
-        True, signature=signature, rate_key=f"sender:{split_address(envelope.sender).bare}"
+        True,
+        signature=signature,
+        rate_key=f"sender:{split_address(envelope.sender).bare}",
+        attributes={AUTHOR_MISMATCH: other} if other is not None and rules.author == "off" else {},
     )
+
+
+def _names(sender: str, author: str) -> bool:
+    """Whether the CPIM From ``author`` names ``sender`` (same user@host across
+    im:/pres:/sip:/sips:/xmpp:, RFC 3862 §2.2)."""
+    return smime.match_sender(sender, [author]) is not None
 
 
 def _check_signature(
