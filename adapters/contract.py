@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from importlib import metadata
@@ -126,6 +126,33 @@ class Receipt:
     duplicate: bool = False
 
 
+class OutcomeState(StrEnum):
+    """Where an operation the gateway stored stands (:class:`Outcome`)."""
+
+    PENDING = "pending"  # queued: not sent yet, or being retried
+    DELIVERED = "delivered"  # every target adapter took it (or nothing was left to send)
+    FAILED = "failed"  # given up (RFC 3860 §3.4.1 failure), or dropped by the operator
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of an operation stored under an identity, as far as the store still
+    remembers it (the gateway store's ``outcome``; DESIGN.md "Delivery").
+
+    ``attempts`` is the most delivery attempts any of its queue entries made; ``error`` is
+    the last error while pending, or why it failed.
+    """
+
+    state: OutcomeState
+    attempts: int = 0
+    error: str | None = None
+
+
+#: ``outcome(identity)``: the :class:`Outcome` of an operation, None when the store does
+#: not remember the identity (never stored, or finished longer ago than it keeps records).
+OutcomeLookup = Callable[[str], Awaitable[Outcome | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     """What :meth:`Adapter.send` reports on success: the peer accepted the operation."""
@@ -161,6 +188,9 @@ class AdapterContext:
     policy: Policy = DEFAULT
     #: Optional hook for metrics: ``count(name, **labels)``; a no-op by default.
     count: Callable[..., None] = field(default=lambda *_a, **_k: None)
+    #: What became of an operation this adapter handed in (:data:`OutcomeLookup`); the
+    #: gateway sets it from its store, None when there is no store to ask.
+    outcome: OutcomeLookup | None = None
 
 
 @dataclass(frozen=True, slots=True)
