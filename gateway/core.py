@@ -154,6 +154,10 @@ class Gateway:
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._check_routes()
+        for adapter in self.adapters.values():
+            # adapters that tell their callers what became of an operation ask the store
+            if adapter.context.outcome is None:
+                adapter.context.outcome = getattr(store, "outcome", None)
 
     # -- configuration ------------------------------------------------------------
 
