@@ -19,15 +19,23 @@ Semantics every implementation keeps:
   handed out again: at-least-once, with the same identity).
 - Entries are never silently removed: they are completed (delivered), failed (kept for
   the operator, ``cpimgw queue``), or dropped by the operator.
+- :meth:`Store.outcome` tells what became of an identity (:func:`outcome_of` decides
+  from what the store holds): *failed* while one of its entries is failed, or when the
+  operator dropped one; *pending* while one is queued; *delivered* once none is left of
+  an identity committed within the dedup window. So the store remembers a finished
+  identity as long as its dedup mark lives (``dedup_window``), plus the identities of
+  dropped entries for as long (a compact record, expiring with the marks); after that
+  the answer is None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from adapters.contract import Outcome, OutcomeState
 from canonical.envelope import Envelope
 from gateway.presence import LastPresence, Subscription
 
@@ -174,13 +182,46 @@ class Store(Protocol):
         """Housekeeping: forget identities older than the dedup window, old id mappings."""
         ...
 
+    async def outcome(self, identity: str) -> Outcome | None:
+        """What became of the envelopes stored under ``identity`` (see the module
+        docstring); None when the store no longer remembers it."""
+        ...
+
+
+#: What an operator's drop leaves in an outcome.
+DROPPED = "dropped by the operator"
+
+
+def outcome_of(
+    entries: Iterable[tuple[EntryState | str, int, str | None]], *, dropped: bool, seen: bool
+) -> Outcome | None:
+    """The outcome of an identity from its queue entries' ``(state, attempts, last
+    error)``, whether an entry of it was dropped by the operator, and whether it was
+    committed within the dedup window (pure; every store answers through this)."""
+    found = list(entries)
+    failed = [e for e in found if e[0] == EntryState.FAILED]
+    if failed:
+        return Outcome(OutcomeState.FAILED, max(e[1] for e in failed), failed[0][2])
+    if found:
+        last = next((e[2] for e in found if e[2]), None)
+        return Outcome(OutcomeState.PENDING, max(e[1] for e in found), last)
+    if dropped:
+        return Outcome(OutcomeState.FAILED, 0, DROPPED)
+    if seen:
+        return Outcome(OutcomeState.DELIVERED)
+    return None
+
 
 __all__ = [
+    "DROPPED",
     "Accepted",
     "Commit",
     "Entry",
     "EntryState",
     "Outbound",
+    "Outcome",
+    "OutcomeState",
     "QueueStats",
     "Store",
+    "outcome_of",
 ]

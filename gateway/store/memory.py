@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from gateway.presence import LastPresence, Subscription
 from gateway.security import Buckets
-from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
+from gateway.store import Accepted, Commit, Entry, EntryState, Outcome, QueueStats, outcome_of
 
 
 class MemoryStore:
@@ -23,6 +23,7 @@ class MemoryStore:
         self.dedup_window = dedup_window
         self.id_ttl = id_ttl
         self._seen: dict[str, float] = {}
+        self._dropped: dict[str, float] = {}  # identity -> its entry's created_at
         self._entries: dict[str, Entry] = {}
         self._due: list[tuple[float, int, str]] = []
         self._claimed: set[str] = set()
@@ -141,7 +142,9 @@ class MemoryStore:
             else [i for i in ids if i in self._entries]
         )
         for entry_id in chosen:
-            del self._entries[entry_id]
+            entry = self._entries.pop(entry_id)
+            if entry.envelope.identity:
+                self._dropped[entry.envelope.identity] = entry.created_at
         return len(chosen)
 
     async def stats(self, now: float) -> QueueStats:
@@ -176,8 +179,17 @@ class MemoryStore:
     async def maintain(self, now: float) -> None:
         horizon = now - self.dedup_window
         self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+        self._dropped = {k: t for k, t in self._dropped.items() if t >= horizon}
         id_horizon = now - self.id_ttl
         self._ids = {k: v for k, v in self._ids.items() if v[1] >= id_horizon}
+
+    async def outcome(self, identity: str) -> Outcome | None:
+        found = [
+            (e.state, e.attempts, e.last_error)
+            for e in self._entries.values()
+            if e.envelope.identity == identity
+        ]
+        return outcome_of(found, dropped=identity in self._dropped, seen=identity in self._seen)
 
 
 def _replace(

@@ -3,7 +3,7 @@ gateway nodes at once (redis-py's asyncio client; Redis >= 7 or Valkey).
 
 Why this shape (docs/scaling.md has the costs and the model at scale):
 
-- **Every state change is one Redis Function call** (library ``cpimgw_1``, loaded with
+- **Every state change is one Redis Function call** (library ``cpimgw_2``, loaded with
   ``FUNCTION LOAD REPLACE`` at :meth:`RedisStore.open`): a function runs atomically, so
   :meth:`RedisStore.commit` writes the dedup mark, the queue entries, the subscription
   changes and the last presence together or not at all (DESIGN.md "Delivery"). Functions
@@ -25,6 +25,11 @@ Why this shape (docs/scaling.md has the costs and the model at scale):
   (``SET ... PX window``): the decision uses the time passed in, Redis's expiry is the
   housekeeping. Id mappings are keys with a TTL; rate-limit buckets are hashes updated by
   a function (atomic across nodes).
+- **Outcomes** (:meth:`RedisStore.outcome`): each entry hash keeps its envelope's
+  identity, a set per identity lists its entry ids (kept while an entry can still be
+  pending, and a dedup window past that, or past its failure), and a dropped entry
+  leaves a mark for a dedup window; :func:`gateway.store.outcome_of` decides from those
+  and the dedup mark, in one read-only function call.
 
 All keys of one gateway cluster share the hash tag ``{namespace}``, so they live in one
 Redis Cluster slot and multi-key functions stay legal there; a second namespace (another
@@ -67,7 +72,7 @@ from gateway.cluster import (
     subscription_field,
 )
 from gateway.presence import STATE, LastPresence, Subscription
-from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
+from gateway.store import Accepted, Commit, Entry, EntryState, Outcome, QueueStats, outcome_of
 from gateway.store.sqlite import decode_envelope, encode_envelope
 
 if TYPE_CHECKING:
@@ -77,13 +82,13 @@ log = logging.getLogger("cpimgw.store.redis")
 
 #: The library's version: part of every function name, so nodes of two cpimgw versions
 #: sharing one Redis each call their own functions during a rolling upgrade.
-LIBRARY = "cpimgw_1"
+LIBRARY = "cpimgw_2"
 GROUP = "nodes"
 #: Attribute the core sets on the SUBSCRIBEs it sends to re-establish subscriptions
 #: after a start (gateway.presence.PresenceBook.resubscribe).
 REFRESH = "subscription.refresh"
 
-_LIBRARY_CODE = """#!lua name=cpimgw_1
+_LIBRARY_CODE = """#!lua name=cpimgw_2
 -- Every function takes the key prefix "{namespace}:" as its first argument and declares
 -- KEYS[1] = "{namespace}:streams" (so Redis Cluster routes the call to the namespace's
 -- slot). The delivery queue is one stream per target adapter, "{namespace}:q:TARGET",
@@ -119,6 +124,15 @@ local function unqueue(P, id, f)
   end
 end
 
+local function keep(key, ms)
+  -- make key live at least ms milliseconds from now (never shorten its life; at most
+  -- ten years, so the number stays an integer Redis reads)
+  ms = math.min(math.max(1, math.ceil(tonumber(ms))), 315360000000)
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, string.format('%d', ms))
+  end
+end
+
 local function book(P, maxlen, ...)
   -- n numbers the changes without gaps: a reader that sees one missing was trimmed past
   local n = redis.call('INCR', P .. 'bookseq')
@@ -126,7 +140,7 @@ local function book(P, maxlen, ...)
 end
 
 -- commit(P, identity, at, window, window_ms, book_maxlen, n,
---        n x (target, expires_at, meta, body, guard, guard_ms),
+--        n x (target, expires_at, meta, body, guard, guard_ms, entry_identity),
 --        n_subs, n_subs x (field, value), n_ended, n_ended x field, pres_field, pres_value)
 local function commit(keys, a)
   local P = a[1]
@@ -144,8 +158,8 @@ local function commit(keys, a)
   local i = 8
   for _ = 1, tonumber(a[7]) do
     local target, expires, meta, body, guard = a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4]
-    local guard_ms = a[i + 5]
-    i = i + 6
+    local guard_ms, ident = a[i + 5], a[i + 6]
+    i = i + 7
     local fresh = true
     if guard ~= '' then
       -- an effect several nodes may produce for one event: only the first is queued
@@ -156,7 +170,13 @@ local function commit(keys, a)
       local sid = redis.call('XADD', stream(P, target), '*', 'id', id, 'at', at)
       redis.call('HSET', P .. 'e:' .. id, 'target', target, 'state', 'pending',
         'attempts', '0', 'next_at', at, 'created_at', at, 'expires_at', expires,
-        'meta', meta, 'body', body, 'sid', sid)
+        'meta', meta, 'body', body, 'sid', sid, 'identity', ident)
+      if ident ~= '' then
+        local x = P .. 'x:' .. ident
+        redis.call('SADD', x, id)
+        local life = math.ceil((tonumber(expires) - tonumber(at)) * 1000)
+        keep(x, math.max(0, life) + tonumber(a[5]))
+      end
       redis.call('ZADD', P .. 'pending', id, id)
       redis.call('HINCRBY', P .. 'targets', target, 1)
       out[#out + 1] = id
@@ -311,13 +331,14 @@ local function reschedule(keys, a)
   return 1
 end
 
--- fail(P, id, held_target, held_sid, error, now)
+-- fail(P, id, held_target, held_sid, error, now, window_ms)
 local function fail(keys, a)
   local P, id = a[1], a[2]
   forget_message(P, a[3], a[4])
   local e = P .. 'e:' .. id
-  local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+  local f = redis.call('HMGET', e, 'state', 'sid', 'target', 'identity')
   if not f[1] then return 0 end
+  if f[4] and f[4] ~= '' and a[7] then keep(P .. 'x:' .. f[4], a[7]) end
   unqueue(P, id, f)
   redis.call('HDEL', e, 'sid')
   redis.call('HSET', e, 'state', 'failed', 'last_error', a[5], 'next_at', a[6])
@@ -325,14 +346,20 @@ local function fail(keys, a)
   return 1
 end
 
--- requeue(P, now, id...): failed or pending entries become pending and due now
+-- requeue(P, now, window_ms, id...): failed or pending entries become pending and due now
 local function requeue(keys, a)
   local P, now = a[1], a[2]
   local n = 0
-  for k = 3, #a do
+  for k = 4, #a do
     local id = a[k]
     local e = P .. 'e:' .. id
-    local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+    local f = redis.call('HMGET', e, 'state', 'sid', 'target', 'identity', 'expires_at')
+    if f[1] and f[4] and f[4] ~= '' then
+      local x = P .. 'x:' .. f[4]
+      redis.call('SADD', x, id)
+      local life = math.ceil((tonumber(f[5]) - tonumber(now)) * 1000)
+      keep(x, math.max(0, life) + tonumber(a[3]))
+    end
     if f[1] == 'failed' then
       redis.call('ZREM', P .. 'failed', id)
       redis.call('ZADD', P .. 'pending', id, id)
@@ -349,20 +376,40 @@ local function requeue(keys, a)
   return n
 end
 
--- drop(P, id...)
+-- drop(P, window_ms, id...)
 local function drop(keys, a)
   local P = a[1]
   local n = 0
-  for k = 2, #a do
+  for k = 3, #a do
     local e = P .. 'e:' .. a[k]
-    local f = redis.call('HMGET', e, 'state', 'sid', 'target')
+    local f = redis.call('HMGET', e, 'state', 'sid', 'target', 'identity')
     if f[1] then
+      if f[4] and f[4] ~= '' then
+        redis.call('SET', P .. 'dropped:' .. f[4], '1', 'PX', a[2])
+      end
       unqueue(P, a[k], f)
       redis.call('DEL', e)
       n = n + 1
     end
   end
   return n
+end
+
+-- outcome(P, identity) -> {seen 0/1, dropped 0/1, state, attempts, last_error, ...} for
+-- each entry of the identity still stored
+local function outcome(keys, a)
+  local P, ident = a[1], a[2]
+  local out = {redis.call('EXISTS', P .. 'seen:' .. ident),
+    redis.call('EXISTS', P .. 'dropped:' .. ident)}
+  for _, id in ipairs(redis.call('SMEMBERS', P .. 'x:' .. ident)) do
+    local f = redis.call('HMGET', P .. 'e:' .. id, 'state', 'attempts', 'last_error')
+    if f[1] then
+      out[#out + 1] = f[1]
+      out[#out + 1] = f[2] or '0'
+      out[#out + 1] = f[3] or ''
+    end
+  end
+  return out
 end
 
 -- stats(P) -> {pending, failed, scheduled, oldest created_at or '', target, count, ...}
@@ -499,7 +546,7 @@ local function retire(keys, a)
 end
 
 local function register(name, fn, flags)
-  redis.register_function{function_name = 'cpimgw_1_' .. name, callback = fn, flags = flags}
+  redis.register_function{function_name = 'cpimgw_2_' .. name, callback = fn, flags = flags}
 end
 register('commit', commit, {})
 register('claim', claim, {})
@@ -510,6 +557,7 @@ register('fail', fail, {})
 register('requeue', requeue, {})
 register('drop', drop, {})
 register('stats', stats, {'no-writes'})
+register('outcome', outcome, {'no-writes'})
 register('next_due', next_due, {'no-writes'})
 register('take_token', take_token, {})
 register('node', node, {})
@@ -912,7 +960,7 @@ class RedisStore:
             batch.identity,
             _num(batch.at),
             _num(self.dedup_window),
-            str(max(1, math.ceil(self.dedup_window * 1000))),
+            self._window_ms,
             str(self.change_log),
             str(len(batch.entries)),
         ]
@@ -926,6 +974,7 @@ class RedisStore:
                 body or b"",
                 guard,
                 str(max(1, math.ceil(lifetime * 1000))),
+                out.envelope.identity,
             ]
         args.append(str(len(batch.subscriptions)))
         for sub in batch.subscriptions:
@@ -1104,7 +1153,14 @@ class RedisStore:
         )
 
     async def fail(self, entry_id: str, *, error: str, now: float) -> None:
-        await self._fn("fail", entry_id, *self._held.pop(entry_id, ("", "")), error, _num(now))
+        await self._fn(
+            "fail",
+            entry_id,
+            *self._held.pop(entry_id, ("", "")),
+            error,
+            _num(now),
+            self._window_ms,
+        )
 
     # -- leases: one node at a time runs an adapter ------------------------------------
 
@@ -1164,7 +1220,9 @@ class RedisStore:
         chosen = list(ids) if ids is not None else await self._all_ids(EntryState.FAILED)
         total = 0
         for start in range(0, len(chosen), 500):
-            total += int(await self._fn("requeue", _num(now), *chosen[start : start + 500]))
+            total += int(
+                await self._fn("requeue", _num(now), self._window_ms, *chosen[start : start + 500])
+            )
         return total
 
     async def drop(self, ids: Sequence[str] | None, *, state: EntryState | None = None) -> int:
@@ -1177,7 +1235,7 @@ class RedisStore:
                 chosen += await self._all_ids(one)
         total = 0
         for start in range(0, len(chosen), 500):
-            total += int(await self._fn("drop", *chosen[start : start + 500]))
+            total += int(await self._fn("drop", self._window_ms, *chosen[start : start + 500]))
         for entry_id in chosen:
             self._held.pop(entry_id, None)
         return total
@@ -1192,6 +1250,20 @@ class RedisStore:
             if int(result[i + 1]) > 0
         }
         return QueueStats(pending, failed, max(0.0, now - oldest), by_target)
+
+    @property
+    def _window_ms(self) -> str:
+        return str(max(1, math.ceil(self.dedup_window * 1000)))
+
+    async def outcome(self, identity: str) -> Outcome | None:
+        if not identity:
+            return None
+        found = await self._fn("outcome", identity)
+        entries = [
+            (_text(found[i]), int(found[i + 1]), _text(found[i + 2]) or None)
+            for i in range(2, len(found), 3)
+        ]
+        return outcome_of(entries, dropped=int(found[1]) == 1, seen=int(found[0]) == 1)
 
     async def scheduled(self) -> int:
         """Entries waiting for a retry (not yet back in the stream)."""

@@ -41,7 +41,7 @@ from canonical.envelope import Envelope, Operation, Origin, Payload
 from canonical.errors import GatewayError, Loss, Reason
 from gateway.presence import LastPresence, Subscription, SubscriptionState
 from gateway.security import Buckets
-from gateway.store import Accepted, Commit, Entry, EntryState, QueueStats
+from gateway.store import Accepted, Commit, Entry, EntryState, Outcome, QueueStats, outcome_of
 
 Synchronous = Literal["full", "normal"]
 T = TypeVar("T")
@@ -96,6 +96,10 @@ CREATE TABLE IF NOT EXISTS ids (
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dropped (
+    identity TEXT PRIMARY KEY,
+    at REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -787,6 +791,7 @@ class SqliteStore:
 
     async def drop(self, ids: Sequence[str] | None, *, state: EntryState | None = None) -> int:
         def write(conn: sqlite3.Connection) -> int:
+            _remember_dropped(conn, ids, state)
             if ids is not None:
                 cur = conn.execute(
                     f"DELETE FROM queue WHERE id IN ({','.join('?' * len(ids))})",  # noqa: S608
@@ -906,10 +911,58 @@ class SqliteStore:
                 " (SELECT namespace, key FROM ids WHERE at < ? LIMIT ?)",
                 (id_horizon, chunk),
             ).rowcount
+            gone += conn.execute(
+                "DELETE FROM dropped WHERE identity IN"
+                " (SELECT identity FROM dropped WHERE at < ? LIMIT ?)",
+                (seen_horizon, chunk),
+            ).rowcount
             return int(gone)
 
         while await self._submit(write) > 0:
             pass
+
+    async def outcome(self, identity: str) -> Outcome | None:
+        """Read on the reader connection in a worker thread, like :meth:`stats` (the
+        queue has no index by identity: a status read must not scan it on the loop)."""
+
+        def read(conn: sqlite3.Connection) -> Outcome | None:
+            entries = conn.execute(
+                "SELECT state, attempts, last_error FROM queue WHERE identity = ?", (identity,)
+            ).fetchall()
+            dropped = conn.execute("SELECT 1 FROM dropped WHERE identity = ?", (identity,))
+            seen = conn.execute("SELECT 1 FROM seen WHERE identity = ?", (identity,))
+            return outcome_of(
+                [(str(s), int(a), e) for s, a, e in entries],
+                dropped=dropped.fetchone() is not None,
+                seen=seen.fetchone() is not None,
+            )
+
+        def read_apart() -> Outcome | None:
+            if self._reader is None:
+                self._reader = sqlite3.connect(self.path, check_same_thread=False)
+            return read(self._reader)
+
+        async with self._reader_lock:
+            return await _in_thread(read_apart)
+
+
+def _remember_dropped(
+    conn: sqlite3.Connection, ids: Sequence[str] | None, state: EntryState | None
+) -> None:
+    """Keep the identities of entries the operator drops (for :meth:`SqliteStore.outcome`,
+    until :meth:`SqliteStore.maintain` forgets them with the dedup marks)."""
+    args: list[int | str] = []
+    if ids is not None:
+        where, args = f"id IN ({','.join('?' * len(ids))})", [int(i) for i in ids]
+    elif state is not None:
+        where, args = "state = ?", [state.value]
+    else:
+        where = "1"
+    conn.execute(
+        "INSERT OR REPLACE INTO dropped (identity, at) SELECT identity, max(created_at)"  # noqa: S608
+        f" FROM queue WHERE {where} AND identity != '' GROUP BY identity",
+        args,
+    )
 
 
 def _with(entry: Entry, *, next_at: float) -> Entry:

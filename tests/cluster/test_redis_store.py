@@ -22,7 +22,7 @@ from canonical.errors import DeliveryError, GatewayError, Reason
 from gateway.cluster import BookFollower, Exclusive, Timing
 from gateway.presence import LastPresence, PresenceBook, Subscription, SubscriptionState
 from gateway.store import Commit, EntryState, Outbound
-from gateway.store.redis import REFRESH, RedisStore
+from gateway.store.redis import LIBRARY, REFRESH, RedisStore
 from tests.gateway.samples import message
 from tests.servers.redis import RedisServer
 
@@ -230,7 +230,7 @@ async def test_concurrent_calls_share_round_trips(make: Make) -> None:
 async def test_the_store_reloads_its_functions_when_redis_lost_them(make: Make) -> None:
     a = make("a")
     await a.open()
-    await a.client.function_delete("cpimgw_1")
+    await a.client.function_delete(LIBRARY)
     accepted = await a.commit(commit_of("after flush"))
     assert not accepted.duplicate
     assert await claim_all(a) == list(accepted.ids)

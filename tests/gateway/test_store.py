@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from canonical.envelope import PIDF, Payload
 from gateway.presence import LastPresence, Subscription, SubscriptionState
-from gateway.store import Commit, EntryState, Outbound, Store
+from gateway.store import DROPPED, Commit, EntryState, Outbound, Outcome, OutcomeState, Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from gateway.store.sqlite import SqliteStore, decode_envelope, encode_envelope
@@ -116,6 +116,95 @@ async def test_stats_count_pending_by_target_and_oldest_age(store: Store) -> Non
     assert stats.pending == 2
     assert stats.by_target == {"sip": 1, "xmpp": 1}
     assert stats.oldest_age == 20.0
+
+
+async def settled(store: Store) -> None:
+    """Let a store finish what it writes behind the caller (SQLite deletes completed entries
+    with its next batch): one operation that queues behind it."""
+    await store.entries(limit=1)
+
+
+async def test_outcome_follows_an_identity_from_pending_to_delivered(store: Store) -> None:
+    commit = commit_of("o")
+    await store.commit(commit)
+    assert await store.outcome(commit.identity) == Outcome(OutcomeState.PENDING)
+    [entry] = await store.claim(1000.0, 10)
+    await store.reschedule(entry.id, next_at=1010.0, attempts=1, error="busy")
+    assert await store.outcome(commit.identity) == Outcome(OutcomeState.PENDING, 1, "busy")
+    [again] = await store.claim(1010.0, 10)
+    await store.complete(again.id)
+    await settled(store)
+    assert await store.outcome(commit.identity) == Outcome(OutcomeState.DELIVERED)
+
+
+async def test_outcome_of_a_failed_entry_says_why_until_it_is_requeued(store: Store) -> None:
+    commit = commit_of("f")
+    await store.commit(commit)
+    [entry] = await store.claim(1000.0, 10)
+    await store.reschedule(entry.id, next_at=1000.0, attempts=3, error="busy")
+    [entry] = await store.claim(1000.0, 10)
+    await store.fail(entry.id, error="expired: busy", now=1001.0)
+    assert await store.outcome(commit.identity) == Outcome(OutcomeState.FAILED, 3, "expired: busy")
+    await store.requeue([entry.id], now=1002.0)
+    found = await store.outcome(commit.identity)
+    assert found is not None
+    assert found.state is OutcomeState.PENDING
+
+
+@pytest.mark.parametrize("how", ["by id", "all failed"])
+async def test_outcome_of_a_dropped_entry_is_failed(store: Store, how: str) -> None:
+    commit = commit_of(f"d {how}")
+    [entry_id] = (await store.commit(commit)).ids
+    if how == "by id":
+        assert await store.drop([entry_id]) == 1
+    else:
+        [entry] = await store.claim(1000.0, 10)
+        await store.fail(entry.id, error="gone", now=1001.0)
+        assert await store.drop(None, state=EntryState.FAILED) == 1
+    assert await store.outcome(commit.identity) == Outcome(OutcomeState.FAILED, 0, DROPPED)
+
+
+async def test_outcome_of_a_fan_out_waits_for_every_entry(store: Store) -> None:
+    env = message(text="fan")
+    commit = Commit(
+        env.identity, 1000.0, (Outbound("sip", env, 1060.0), Outbound("xmpp", env, 1060.0))
+    )
+    await store.commit(commit)
+    first, second = await store.claim(1000.0, 10)
+    await store.complete(first.id)
+    await settled(store)
+    assert (await store.outcome(env.identity)) == Outcome(OutcomeState.PENDING)
+    await store.fail(second.id, error="no such user", now=1001.0)
+    assert await store.outcome(env.identity) == Outcome(OutcomeState.FAILED, 0, "no such user")
+
+
+async def test_outcome_of_an_operation_with_nothing_to_send_is_delivered(store: Store) -> None:
+    await store.commit(Commit("subscribe-1", 1000.0))
+    assert await store.outcome("subscribe-1") == Outcome(OutcomeState.DELIVERED)
+
+
+async def test_outcome_of_an_unknown_identity_is_none(store: Store) -> None:
+    await store.commit(commit_of("known"))
+    assert await store.outcome("never-stored") is None
+    assert await store.outcome("") is None
+
+
+async def test_outcome_is_forgotten_with_the_dedup_window(store: Store) -> None:
+    if isinstance(store, RedisStore):
+        pytest.skip("Redis forgets by TTL in its own real time, not by maintain(now)")
+    delivered, dropped = commit_of("gone"), commit_of("dropped")
+    await store.commit(delivered)
+    [dropped_id] = (await store.commit(dropped)).ids
+    await store.drop([dropped_id])
+    [entry] = await store.claim(1000.0, 10)
+    await store.complete(entry.id)
+    await settled(store)
+    await store.maintain(1050.0)
+    assert await store.outcome(delivered.identity) == Outcome(OutcomeState.DELIVERED)
+    assert await store.outcome(dropped.identity) == Outcome(OutcomeState.FAILED, 0, DROPPED)
+    await store.maintain(1200.0)
+    assert await store.outcome(delivered.identity) is None
+    assert await store.outcome(dropped.identity) is None
 
 
 async def test_subscriptions_and_presence_are_committed_with_the_operation(store: Store) -> None:
