@@ -99,7 +99,8 @@ class CpimHttpConfig(AdapterConfig):
     port: int = Field(default=8080, ge=0, le=65535)
     listen: bool = True
     database: Path = Field(
-        default=Path("cpimgw.sqlite"), description="the gateway store's SQLite file"
+        default=Path("cpimgw.sqlite"),
+        description="the adapter's SQLite file (statuses, outboxes); may be the store's file",
     )
     synchronous: Synchronous = "full"
     tls: TlsConfig | None = None
@@ -238,6 +239,7 @@ class CpimHttpAdapter(Adapter):
             heartbeat=config.heartbeat,
             body_timeout=config.body_timeout,
             gate=self.gate,
+            outcome=context.outcome,
         )
         tls = config.tls
         self._client_tls = (
@@ -315,6 +317,7 @@ class CpimHttpAdapter(Adapter):
         """Open the ledger, serve the API, run the webhooks, until :meth:`stop`."""
         await self.ledger.open()
         self.api.deliver = deliver
+        self.api.outcome = self.context.outcome  # the gateway may set it after __init__
         try:
             if self.settings.listen:
                 runner = web.AppRunner(self.api.app(), shutdown_timeout=2.0, access_log=None)

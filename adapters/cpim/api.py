@@ -14,6 +14,7 @@ code, line and byte offset.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from adapters.contract import Deliver
+from adapters.contract import Deliver, OutcomeLookup, OutcomeState
 from adapters.cpim.ledger import Ledger, Status
 from adapters.cpim.listener import Gate
 from adapters.cpim.mapping import (
@@ -108,6 +109,7 @@ class Api:
         heartbeat: float = 15.0,
         body_timeout: float = 30.0,
         gate: Gate | None = None,
+        outcome: OutcomeLookup | None = None,
     ) -> None:
         self.name = name
         self.mapper = mapper
@@ -121,6 +123,7 @@ class Api:
         self.heartbeat = heartbeat
         self.body_timeout = body_timeout
         self.gate = gate
+        self.outcome = outcome
         self.deliver: Deliver | None = None
         self.rates = RateBook()
         self._openapi = openapi_text()
@@ -358,7 +361,33 @@ class Api:
                 reason=Reason.UNKNOWN_DESTINATION,
                 hint="use the id (or Location) of the 202 answer",
             )
+        if found.state == "accepted":
+            found = await self._settle(found)
         return web.json_response(status_body(found))
+
+    async def _settle(self, status: Status) -> Status:
+        """An accepted operation's status completed from the gateway store's outcome
+        (any store backend); ``known`` is False when the store cannot tell (RFC 3860
+        §3.4.1 *indeterminant*): no store to ask, or it no longer remembers the identity
+        (finished longer ago than its dedup window)."""
+        lookup = self.outcome
+        if lookup is None:
+            return dataclasses.replace(status, known=False)
+        try:
+            outcome = await lookup(status.identity)
+        except GatewayError as exc:
+            self.log.warning("http %s: the store could not tell an outcome: %s", self.name, exc)
+            return dataclasses.replace(status, known=False)
+        if outcome is None:
+            return dataclasses.replace(status, known=False)
+        if outcome.state is OutcomeState.DELIVERED:
+            await self.ledger.delivered(status.identity, at=self.clock())
+            return dataclasses.replace(status, state="delivered")
+        if outcome.state is OutcomeState.FAILED:
+            return dataclasses.replace(
+                status, state="failed", detail=outcome.error, attempts=outcome.attempts
+            )
+        return dataclasses.replace(status, detail=outcome.error, attempts=outcome.attempts)
 
     def _client(self, request: web.Request) -> Principal:
         principal = request[PRINCIPAL]

@@ -4,14 +4,12 @@ DESIGN.md "Delivery": nothing acknowledged is lost. Three tables, next to the ga
 store's own (their names start with ``cpimhttp_``; the store never reads them):
 
 - ``cpimhttp_status``: one row per operation an API caller sent (identity, owner,
-  operation, ``accepted``/``failed``, the failure's reason). *Delivered* is not written
-  here: it is read from the gateway store itself. An identity with no entry left in the
-  store's ``queue`` table was delivered (the core removes an entry once the target adapter
-  took it), one with a ``failed`` entry failed, one with a ``pending`` entry is still on
-  its way. That is why the status survives a restart without the core telling this
-  adapter about successes. When the file holds no ``queue`` table (the gateway uses
-  another store) the status stays ``accepted`` and its CPIM status is *indeterminant*
-  (RFC 3860 §3.4.1: delegated, no authoritative answer will come back).
+  operation, ``accepted``/``delivered``/``failed``, the failure's reason). The core tells
+  this adapter about failures (``report``), not about successes: while a row says
+  ``accepted`` the API asks the gateway store what became of the identity (its
+  ``outcome``, whatever the store's backend: :mod:`adapters.cpim.api`) and writes
+  ``delivered`` here once the store says so, so the answer outlives the store's memory
+  of it. The ledger itself never reads the store's tables.
 - ``cpimhttp_outbox``: the per-client outbox. :meth:`Ledger.append` returns only after
   the row is committed, so ``send()`` acknowledges the core only once the event is on
   disk; streams read it by cursor (``seq``) and webhooks deliver from it. Rows leave only
@@ -85,7 +83,7 @@ class Status:
     reason: str | None = None
     detail: str | None = None
     attempts: int = 0
-    known: bool = True  # False: the gateway store could not be read (indeterminant)
+    known: bool = True  # False: the gateway store cannot tell (indeterminant)
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -297,8 +295,23 @@ class Ledger:
 
         return bool(await self._submit(write))
 
+    async def delivered(self, identity: str, *, at: float) -> bool:
+        """Mark an accepted operation delivered (the gateway store said so); False if it
+        is unknown or no longer ``accepted``."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE cpimhttp_status SET state = 'delivered', updated_at = ?"
+                " WHERE identity = ? AND state = 'accepted'",
+                (at, identity),
+            )
+            return cur.rowcount > 0
+
+        return bool(await self._submit(write))
+
     async def status(self, identity: str) -> Status | None:
-        """The status of ``identity`` (see the module docstring), None if unknown."""
+        """The row of ``identity`` as recorded here, None if unknown (the API completes an
+        ``accepted`` one from the gateway store's outcome)."""
 
         def read(conn: sqlite3.Connection) -> Status | None:
             row = conn.execute(
@@ -309,39 +322,9 @@ class Ledger:
             if row is None:
                 return None
             principal, operation, state, reason, detail, created, updated = row
-            base = Status(
+            return Status(
                 identity, principal, operation, state, reason, detail, 0, True, created, updated
             )
-            if state == "failed":
-                return base
-            has_queue = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'queue'"
-            ).fetchone()
-            if has_queue is None:
-                return Status(
-                    identity, principal, operation, "accepted", None, None, 0, False, created,
-                    updated,
-                )  # fmt: skip
-            entries = conn.execute(
-                "SELECT state, attempts, last_error FROM queue WHERE identity = ?", (identity,)
-            ).fetchall()
-            if not entries:
-                return Status(
-                    identity, principal, operation, "delivered", None, None, 0, True, created,
-                    updated,
-                )  # fmt: skip
-            attempts = max(int(a) for _, a, _ in entries)
-            failed = [e for e in entries if e[0] == "failed"]
-            if failed:
-                return Status(
-                    identity, principal, operation, "failed", None, failed[0][2], attempts, True,
-                    created, updated,
-                )  # fmt: skip
-            last = next((e[2] for e in entries if e[2]), None)
-            return Status(
-                identity, principal, operation, "accepted", None, last, attempts, True, created,
-                updated,
-            )  # fmt: skip
 
         result: Status | None = await self._submit(read)
         return result

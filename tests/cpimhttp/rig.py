@@ -20,6 +20,7 @@ from canonical.policy import DEFAULT, Policy
 from gateway.core import Gateway
 from gateway.routing import Route, RoutingTable, SeenSet
 from gateway.security import Rules
+from gateway.store import Store
 from gateway.store.sqlite import SqliteStore
 from tests.gateway.network import FAST, memory, until
 from tests.servers.process import free_port
@@ -74,6 +75,7 @@ def build_gateway(
     policy: Policy = DEFAULT,
     gateway_id: str = "gw",
     net: MemoryAdapter | None = None,
+    store: Store | None = None,
 ) -> Gateway:
     api = CpimHttpAdapter(
         "api",
@@ -83,7 +85,7 @@ def build_gateway(
     return Gateway(
         gateway_id=gateway_id,
         adapters={"api": api, "net": net or memory("net", gateway_id)},
-        store=SqliteStore(path, synchronous="normal"),
+        store=store or SqliteStore(path, synchronous="normal"),
         routing=RoutingTable(routes),
         rules=rules or Rules(rate=0),
         delivery=FAST,

@@ -8,7 +8,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from adapters.cpim.ledger import Ledger
 from canonical.envelope import CPIM, Operation, Payload
 from canonical.errors import DeliveryError, Reason
 from canonical.policy import STRICT
@@ -268,17 +267,3 @@ async def test_presence_operations_cross_in_both_directions(tmp_path: Path) -> N
         (Operation.UNSUBSCRIBE, None, None),
         (Operation.AUTHORIZE, None, True),
     ]
-
-
-async def test_ledger_reads_delivery_from_the_store_file_only_when_it_has_one(
-    tmp_path: Path,
-) -> None:
-    ledger = Ledger(tmp_path / "alone.db")
-    await ledger.open()
-    try:
-        await ledger.accepted("i1", "bot", "message", at=1.0)
-        found = await ledger.status("i1")
-    finally:
-        await ledger.close()
-    assert found is not None
-    assert (found.state, found.cpim_status) == ("accepted", "indeterminant")
