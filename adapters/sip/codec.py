@@ -53,6 +53,10 @@ _TOKEN_DELETE = bytes(sorted(_TOKEN_BYTES))
 _FOLD = re.compile(rb"\r\n[ \t]+")
 #: canonical keys of the names seen so far (header names repeat across messages).
 _KEYS: dict[str, str] = {}
+#: canonical keys of the names :meth:`HeaderField.build` has checked (they are tokens).
+_BUILT: dict[str, str] = {}
+#: ``HeaderField(...)`` without the call of namedtuple's Python-level ``__new__``.
+_new_field = tuple.__new__
 
 
 def _is_token(data: bytes) -> bool:
@@ -110,18 +114,23 @@ class HeaderField(NamedTuple):
     @classmethod
     def build(cls, name: str, value: str) -> HeaderField:
         """A new ``Name: value`` line. Refuses CR/LF in either (header injection)."""
-        if not _is_token(name.encode("utf-8", "replace")):
-            raise ValueError(f"{name!r} is not a header name (RFC 3261 §25.1 token)")
+        key = _BUILT.get(name)
+        if key is None:
+            if not _is_token(name.encode("utf-8", "replace")):
+                raise ValueError(f"{name!r} is not a header name (RFC 3261 §25.1 token)")
+            key = canonical_name(name)
+            if len(_BUILT) < 4096:
+                _BUILT[name] = key
         if "\r" in value or "\n" in value:
             raise ValueError(f"header {name} value contains CR or LF")
         raw = f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
-        return cls(name, value.strip(" \t"), raw, canonical_name(name))
+        return _new_field(cls, (name, value.strip(" \t"), raw, key))
 
 
 class Message:
     """A SIP request or response that keeps its bytes. Immutable; edits return copies."""
 
-    __slots__ = ("_raw", "_views", "body", "defects", "headers", "start_line")
+    __slots__ = ("_index_", "_raw", "_views", "body", "defects", "headers", "start_line")
 
     kind: ClassVar[str] = "message"
 
@@ -131,6 +140,7 @@ class Message:
     defects: tuple[Defect, ...]
     _raw: bytes | None
     _views: dict[str, Any] | None
+    _index_: dict[str, list[HeaderField]] | None
 
     def _init(
         self,
@@ -146,6 +156,7 @@ class Message:
         self._raw = raw
         self.defects = defects
         self._views = None
+        self._index_ = None
 
     def _memo(self, name: str, read: Callable[[], Any]) -> Any:
         """A parsed view, computed once (the message never changes; errors are not kept)."""
@@ -175,23 +186,33 @@ class Message:
 
     # -- header access
 
+    def _index(self) -> dict[str, list[HeaderField]]:
+        """The fields by canonical name, in order: built once, on the first lookup, so
+        that each further lookup is one dictionary access (a UAS reads a dozen names)."""
+        index = self._index_
+        if index is None:
+            index = self._index_ = {}
+            for h in self.headers:
+                same = index.get(h.key)
+                if same is None:
+                    index[h.key] = [h]
+                else:
+                    same.append(h)
+        return index
+
     def fields(self, name: str) -> list[HeaderField]:
         """Every field named ``name`` (compact or long form, any case), in order."""
-        key = canonical_name(name)
-        return [h for h in self.headers if h.key == key]
+        return list((self._index_ or self._index()).get(_KEYS.get(name) or _key(name), ()))
 
     def get(self, name: str) -> str | None:
         """The value of the first field named ``name``, or None."""
-        key = canonical_name(name)
-        for h in self.headers:
-            if h.key == key:
-                return h.value
-        return None
+        found = (self._index_ or self._index()).get(_KEYS.get(name) or _key(name))
+        return None if found is None else found[0].value
 
     def get_all(self, name: str) -> list[str]:
         """The values of every field named ``name`` (not split at commas)."""
-        key = canonical_name(name)
-        return [h.value for h in self.headers if h.key == key]
+        found = (self._index_ or self._index()).get(_KEYS.get(name) or _key(name))
+        return [h.value for h in found] if found else []
 
     def values(self, name: str) -> list[str]:
         """List elements over every field named ``name`` (split at commas, §7.3.1)."""
@@ -604,11 +625,14 @@ def _parse_head(data: bytes | bytearray, limits: Limits, *, start: int = 0) -> _
                 break  # the careful path below names the fault
             name = name_bytes.decode("ascii")
             append(
-                HeaderField(
-                    name,
-                    line[colon + 1 :].strip(b" \t").decode("utf-8", "surrogateescape"),
-                    line + CRLF,
-                    _key(name),
+                _new_field(
+                    HeaderField,
+                    (
+                        name,
+                        line[colon + 1 :].strip(b" \t").decode("utf-8", "surrogateescape"),
+                        line + CRLF,
+                        _key(name),
+                    ),
                 )
             )
         else:

@@ -509,8 +509,32 @@ def _parse_name_addr_at(cur: _Cursor) -> NameAddr:
     return NameAddr(uri, display, params, bracketed=True)
 
 
+_NAME_CHARS = r"[A-Za-z0-9.\-_!%*+`'~]+"
+_SIMPLE_NAME_ADDR = re.compile(
+    rf"<([^<>\s\"]+)>((?:;{_NAME_CHARS}(?:=[A-Za-z0-9.\-_!%*+`'~:\[\]]+)?)*)"
+)
+
+
+def _simple_name_addr(value: str) -> NameAddr | None:
+    """``<URI>;param=value...`` without display name, whitespace or quotes, read in one
+    regex match (the form proxies and most clients write); None for anything else."""
+    match = _SIMPLE_NAME_ADDR.fullmatch(value)
+    if match is None:
+        return None
+    uri_text, params_text = match.groups()
+    params: list[tuple[str, str | None]] = []
+    if params_text:
+        for item in params_text.split(";")[1:]:
+            name, eq, pvalue = item.partition("=")
+            params.append((name, pvalue if eq else None))
+    return NameAddr(parse_uri(uri_text, base=1), None, tuple(params), bracketed=True)
+
+
 def parse_name_addr(value: str) -> NameAddr:
     """From / To / a single Contact or Route value (RFC 3261 §20.10, §20.20, §20.39)."""
+    simple = _simple_name_addr(value)
+    if simple is not None:
+        return simple
     cur = _Cursor(value)
     result = _parse_name_addr_at(cur)
     _finish(cur, "address")
@@ -671,8 +695,19 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+_SIMPLE_CSEQ = re.compile(rf"([0-9]{{1,9}}) ({_NAME_CHARS})")
+
+
 def parse_cseq(value: str) -> CSeq:
     """``CSeq = 1*DIGIT LWS Method`` with the number below 2**31 (§20.16, RFC 4475 §3.1.2.4)."""
+    simple = _SIMPLE_CSEQ.fullmatch(value)
+    if simple is not None:  # the common form: up to 9 digits, one space, the method
+        return CSeq(int(simple.group(1)), simple.group(2))
+    return _parse_cseq(value)
+
+
+def _parse_cseq(value: str) -> CSeq:
+    """:func:`parse_cseq` by the full grammar, with the column of any fault."""
     cur = _Cursor(value)
     cur.skip_ws()
     start = cur.pos

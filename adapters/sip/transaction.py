@@ -125,14 +125,21 @@ class ClientTransaction:
     )
 
     def __init__(
-        self, request: Request, *, reliable: bool, timers: Timers = DEFAULT_TIMERS
+        self,
+        request: Request,
+        *,
+        reliable: bool,
+        timers: Timers = DEFAULT_TIMERS,
+        key: ClientKey | None = None,
     ) -> None:
+        """``key``: :func:`client_key` of ``request`` when the caller knows it already (it
+        chose the branch), which saves reading the Via back."""
         if request.method in ("INVITE", "ACK"):
             raise ValueError("ClientTransaction is the non-INVITE client transaction")
         self.request = request
         self.reliable = reliable
         self.timers = timers
-        self.key = client_key(request)
+        self.key = client_key(request) if key is None else key
         self.state = State.TRYING
         self._e_at: float | None = None
         self._e_interval = timers.t1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from adapters.sip.codec import DEFAULT_LIMITS, Limits, Message, StreamFramer, pa
 from canonical.errors import DeliveryError, ParseError, Reason
 
 RELIABLE = frozenset({"TCP", "TLS"})
+#: Bytes the kernel may hold for the UDP socket (capped by net.core.rmem_max).
+UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +203,13 @@ class Transports:
             # asyncio.DatagramTransport (fixed in 3.12), so no isinstance check here.
             udp = created
             self._udp = udp
+            sock = udp.get_extra_info("socket")
+            if sock is not None:
+                # a burst larger than the default buffer (about 300 datagrams) would be
+                # dropped by the kernel while the loop is busy; the sender's
+                # retransmissions would come late and the proxy give up (408)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER)
             bound = udp.get_extra_info("sockname")
         elif transport in RELIABLE:
             ctx: ssl.SSLContext | None = None
