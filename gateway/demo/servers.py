@@ -9,20 +9,44 @@ this run passed in, so the demo proves what docs/operators-guide.md shows.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from gateway.demo.process import (
+    ServerProcess,
+    ServiceError,
+    accepts,
+    find_binary,
+    free_port,
+    http_status,
+    http_text,
+    sip_ping,
+)
+
+#: The demo's name for a server process (``gateway.demo.process.ServerProcess``).
+Service = ServerProcess
+
+#: Re-exported for the demo's conversation (``servers.free_port`` and the others).
+__all__ = [
+    "Service",
+    "ServiceError",
+    "find_binary",
+    "free_port",
+    "gateway",
+    "http_status",
+    "http_text",
+    "kamailio",
+    "kamailio_argv",
+    "prosody",
+    "prosody_env",
+    "prosody_register",
+    "sip_ping",
+]
 
 #: The operators' example configurations.
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -30,178 +54,6 @@ KAMAILIO_CFG = EXAMPLES / "kamailio.cfg"
 PROSODY_CFG = EXAMPLES / "prosody.cfg.lua"
 #: Where Debian's kamailio-sqlite-modules puts the table definitions.
 KAMAILIO_SQL = Path("/usr/share/kamailio/db_sqlite")
-
-
-class ServiceError(RuntimeError):
-    """A server could not be started; the message ends with the end of its log."""
-
-
-def find_binary(name: str, package: str) -> str:
-    """The path of ``name`` (also in /usr/sbin), or a ServiceError naming the package."""
-    found = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None
-    )
-    if found is None:
-        raise ServiceError(f"{name} is not installed: apt-get install {package} (make demo does)")
-    return found
-
-
-def free_port(kind: str = "tcp") -> int:
-    """A port on 127.0.0.1 free for TCP (and for UDP when ``kind`` is "udp") just now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-        if kind == "tcp":
-            return port
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise ServiceError("no free port on 127.0.0.1")
-
-
-def accepts(port: int) -> bool:
-    """True when 127.0.0.1:``port`` accepts a TCP connection."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
-
-
-def sip_ping(port: int, *, timeout: float = 0.3) -> bool:
-    """True when something answers a SIP OPTIONS on 127.0.0.1:``port`` over UDP."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(timeout)
-        local = sock.getsockname()[1]
-        data = (
-            f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKping{local}\r\n"
-            "From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1>\r\n"
-            f"Call-ID: ping-{local}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-        sock.sendto(data, ("127.0.0.1", port))
-        try:
-            return sock.recv(4096).startswith(b"SIP/2.0 ")
-        except OSError:
-            return False
-
-
-def http_status(port: int, path: str) -> int | None:
-    """The status of GET http://127.0.0.1:``port````path``, or None when nothing answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return None
-
-
-def http_text(port: int, path: str) -> str:
-    """The body of GET http://127.0.0.1:``port````path`` ("" when nothing answers)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return bytes(response.read()).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-class Service:
-    """One server process: started in its own session, ready when ``ready()`` says so,
-    stopped by PID (and its process group) whatever happened."""
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        workdir: Path,
-        ready: Callable[[], bool],
-        env: Mapping[str, str] | None = None,
-        timeout: float = 30.0,
-        failed: Callable[[str], str | None] | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.workdir = workdir
-        self.ready = ready
-        self.env = {**os.environ, **(env or {})}
-        self.timeout = timeout
-        self.failed = failed
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603 - argv built from fixed binaries
-                self.argv,
-                cwd=self.workdir,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.timeout
-        while not self.ready():
-            reason = self.failed(self.log()) if self.failed is not None else None
-            if reason is not None:
-                self.stop()
-                raise ServiceError(f"{self.name}: {reason}\n{self.log()}")
-            if self.proc.poll() is not None:
-                code = self.proc.returncode
-                self.stop()
-                raise ServiceError(f"{self.name} exited with status {code}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise ServiceError(
-                    f"{self.name} not ready after {self.timeout:.0f}s:\n{self.log()}"
-                )
-            time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self, tail: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-tail:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.send_signal(signum)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL to the process group; the exit status."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group
-        return proc.returncode
 
 
 # ------------------------------------------------------------------------------ Prosody
@@ -253,7 +105,7 @@ def prosody(workdir: Path, env: Mapping[str, str]) -> Service:
         [binary, "-F", "--config", str(PROSODY_CFG)],
         workdir=workdir,
         env=env,
-        ready=lambda: accepts(c2s) and accepts(component),
+        ready=lambda _p: accepts(c2s) and accepts(component),
         failed=lambda log: "a port is taken" if "Failed to open server port" in log else None,
     )
 
@@ -326,7 +178,7 @@ def kamailio(workdir: Path, *, port: int, **options: Any) -> Service:
     answers OPTIONS."""
     argv = kamailio_argv(workdir, port=port, **options)
     return Service(
-        "kamailio", argv, workdir=workdir, env={"LC_ALL": "C"}, ready=lambda: sip_ping(port)
+        "kamailio", argv, workdir=workdir, env={"LC_ALL": "C"}, ready=lambda _p: sip_ping(port)
     )
 
 
@@ -339,6 +191,6 @@ def gateway(workdir: Path, config: Path, *, metrics_port: int, name: str = "cpim
         name,
         [sys.executable, "-m", "gateway", "run", "-c", str(config)],
         workdir=workdir,
-        ready=lambda: http_status(metrics_port, "/readyz") == 200,
-        timeout=30.0,
+        ready=lambda _p: http_status(metrics_port, "/readyz") == 200,
+        ready_timeout=30.0,
     )

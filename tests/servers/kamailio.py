@@ -10,14 +10,13 @@ and stopped by PID. Readiness: any SIP response to an OPTIONS over UDP.
 from __future__ import annotations
 
 import contextlib
-import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests import pki
-from tests.servers.process import ServerProcess, free_port, require_binary
+from tests.servers.process import ServerProcess, free_port, require_binary, sip_ping
 
 CONFIG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
 SQL_DIR = Path("/usr/share/kamailio/db_sqlite")
@@ -43,26 +42,6 @@ class Kamailio:
     def peer(self, transport: str = "UDP") -> tuple[str, str, int]:
         port = self.tls_port if transport.upper() == "TLS" else self.port
         return (transport.upper(), "127.0.0.1", port)
-
-
-def sip_ping(port: int, *, timeout: float = 0.3) -> bool:
-    """True when something answers a SIP OPTIONS on 127.0.0.1:``port`` over UDP."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.settimeout(timeout)
-        local = sock.getsockname()[1]
-        data = (
-            f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKping{local}\r\n"
-            "From: <sip:ping@127.0.0.1>;tag=p\r\nTo: <sip:127.0.0.1>\r\n"
-            f"Call-ID: ping-{local}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-            "Content-Length: 0\r\n\r\n"
-        ).encode()
-        sock.sendto(data, ("127.0.0.1", port))
-        try:
-            return sock.recv(4096).startswith(b"SIP/2.0 ")
-        except OSError:
-            return False
 
 
 def _database(path: Path) -> None:
