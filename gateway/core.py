@@ -146,7 +146,10 @@ class Gateway:
         self._wake = asyncio.Event()
         self._closing = False
         self._stopping = False
-        self._inflight: set[asyncio.Task[None]] = set()
+        #: sends in flight and when each must have finished (``send_timeout``)
+        self._inflight: dict[asyncio.Task[None], float] = {}
+        self._overdue: set[asyncio.Task[None]] = set()
+        self._next_watch = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._adapter_tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
@@ -496,14 +499,19 @@ class Gateway:
 
     async def _dispatch(self) -> None:
         limit = self.delivery.concurrency
+        inflight = self._inflight
         while not self._stopping:
             self._wake.clear()
-            free = limit - len(self._inflight)
+            free = limit - len(inflight)
+            now = time.monotonic()
+            if now >= self._next_watch:
+                self._watch(now)
             if free > 0:
                 entries = await self.store.claim(self.clock(), free)
+                deadline = now + self.delivery.send_timeout
                 for entry in entries:
                     task = asyncio.create_task(self._attempt(entry))
-                    self._inflight.add(task)
+                    inflight[task] = deadline
                     task.add_done_callback(self._finished)
                 if len(entries) == free:
                     await asyncio.sleep(0)
@@ -514,8 +522,19 @@ class Gateway:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout if free > 0 else 1.0)
 
+    def _watch(self, now: float) -> None:
+        """Cancel the sends past their ``send_timeout`` (checked about once a second by
+        the dispatcher, which wakes at least that often: one scan instead of a loop timer
+        set and cancelled around every send); :meth:`_attempt` reports them as timeouts."""
+        self._next_watch = now + 1.0
+        for task, deadline in self._inflight.items():
+            if deadline <= now and not task.done() and task not in self._overdue:
+                self._overdue.add(task)
+                task.cancel()
+
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._inflight.pop(task, None)
+        self._overdue.discard(task)
         if len(self._inflight) == self.delivery.concurrency - 1:
             self._wake.set()
         if not task.cancelled() and task.exception() is not None:
@@ -534,8 +553,14 @@ class Gateway:
             await self._failed(entry, missing, False, None)
             return
         try:
-            async with asyncio.timeout(self.delivery.send_timeout):
+            try:
                 await adapter.send(envelope.hop(self.gateway_id))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task not in self._overdue or self._stopping:
+                    raise
+                task.uncancel()
+                raise TimeoutError from None
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:

@@ -1,18 +1,24 @@
 """``accept`` calls made in order are stored, and sent on, in that order — also when they
 overlap (an adapter hands many over without waiting for each answer) and when the
-store's token bucket answers late, as a shared store does over the network."""
+store's token bucket answers late, as a shared store does over the network. And a send
+that never answers is given up after ``send_timeout`` and tried again."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 
 import pytest
 
+from adapters.contract import AdapterContext, Sent
+from adapters.memory import MemoryAdapter, MemoryConfig
+from canonical.envelope import Envelope
+from gateway.core import DeliveryPolicy
 from gateway.security import Rules
 from gateway.store.sqlite import SqliteStore
-from tests.gateway.network import adapter, build
+from tests.gateway.network import adapter, build, memory
 from tests.gateway.samples import message
 
 SENDERS = ("alice", "bob", "carol")
@@ -62,3 +68,31 @@ async def test_overlapping_accepts_are_sent_on_in_call_order(
             mine = [e.identity for e in envelopes if who in e.sender and sink in e.recipient]
             went = [e.identity for e in sent if who in e.sender and sink in e.recipient]
             assert went == mine, (who, sink)
+
+
+class Hanging(MemoryAdapter):
+    """Its first ``send`` never answers; the later ones are accepted."""
+
+    hung = 0
+
+    async def send(self, envelope: Envelope) -> Sent:
+        if not self.hung:
+            self.hung += 1
+            await asyncio.Event().wait()
+        return await super().send(envelope)
+
+
+async def test_a_send_that_never_answers_is_retried_after_the_send_timeout() -> None:
+    policy = DeliveryPolicy(initial_backoff=0.01, max_backoff=0.05, send_timeout=0.3)
+    sip = Hanging("sip", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    adapters = {"xmpp": memory("xmpp"), "sip": sip}
+    async with build(delivery=policy, adapters=adapters) as gw:
+        started = time.monotonic()
+        await adapter(gw, "xmpp").inject(message())
+        await sip.wait_sent(1, within=5.0)
+        waited = time.monotonic() - started
+        await gw.settle()
+    assert gw.counters.retried == 1
+    assert gw.counters.delivered == 1
+    assert 0.3 <= waited < 2.5  # the timeout, found by a check about once a second
+    assert gw.metrics.retries.labels("sip", "timeout")._value.get() == 1
