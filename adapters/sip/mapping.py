@@ -156,6 +156,66 @@ def sip_address(address: str) -> str:
         ) from exc
 
 
+_PARTIES: dict[tuple[str, str], bytes] = {}
+_NS_SIP = f"NS: sip <{SIP_NS}>\r\n".encode()
+_PLAIN_EXTENSION = re.compile(r"sip\.[A-Za-z0-9-]{1,64}")
+
+
+def _parties(sender: str, recipient: str) -> bytes | None:
+    """The From and To lines :func:`cpim.build` writes for two addresses (checked by it
+    once per pair, then remembered; at most 4,096 pairs); None when it refuses them."""
+    key = (sender, recipient)
+    lines = _PARTIES.get(key)
+    if lines is None:
+        try:
+            built = cpim.build(sender=sender, to=[recipient], content_type="text/plain", body=b"")
+        except ValueError:
+            return None
+        lines = b"".join(header.raw for header in built.headers)
+        if len(_PARTIES) >= 4096:
+            _PARTIES.clear()
+        _PARTIES[key] = lines
+    return lines
+
+
+def write_cpim(
+    sender: str,
+    recipient: str,
+    *,
+    extensions: Sequence[tuple[str, str]],
+    content_type: str,
+    entity_headers: Sequence[tuple[str, str]],
+    body: bytes,
+) -> bytes | None:
+    """The bytes ``cpim.build`` writes for a MESSAGE without subjects or display names
+    (From, To, ``NS: sip``, the ``sip.*`` extension headers with values escaped by
+    :func:`cpim.encode_value`, RFC 3862 §2.3, then the entity), written directly: build's
+    strict reading of its own output is most of its cost, and every line here is of a
+    shape it accepts. None for anything else (the caller then uses ``cpim.build``); a
+    property test pins the two to the same bytes."""
+    parties = _parties(sender, recipient)
+    if parties is None or not content_type.isprintable() or not content_type.strip():
+        return None
+    encode_value = cpim.encode_value
+    lines = [parties, _NS_SIP]
+    try:
+        for name, value in extensions:
+            if not value or not _PLAIN_EXTENSION.fullmatch(name):
+                return None
+            lines.append(f"{name}: {encode_value(value)}\r\n".encode())
+        entity = [f"\r\nContent-Type: {content_type}\r\n"]
+        for name, value in entity_headers:
+            if not value.isprintable():
+                return None  # controls in a MIME value: let cpim.build judge it
+            entity.append(f"{name}: {value}\r\n")
+        entity.append("\r\n")
+        lines.append("".join(entity).encode())
+    except UnicodeEncodeError:
+        return None  # bytes that were not UTF-8 (kept as surrogates): build refuses them
+    lines.append(body)
+    return b"".join(lines)
+
+
 def _aor(uri: hdr.Uri) -> str:
     if not uri.is_sip:
         return uri.text
@@ -368,6 +428,17 @@ class SipMapper:
             extensions.append((name, h.value))
         if from_.uri.params or to.uri.params:
             losses.append(Loss("From/To", "URI parameters of From/To are not carried"))
+        if not subjects and not from_.display_name and not to.display_name:
+            direct = write_cpim(
+                _aor(from_.uri),
+                _aor(to.uri),
+                extensions=extensions,
+                content_type=entity_type,
+                entity_headers=entity_headers,
+                body=body,
+            )
+            if direct is not None:
+                return Payload(CPIM, direct), losses
         try:
             message = cpim.build(
                 sender=cpim.Party(_display(from_), _aor(from_.uri)),
