@@ -325,8 +325,36 @@ class _Pump:
         return results
 
 
-#: A job for the commit thread: the loop to answer on, the future, the call.
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+class _Job:
+    """A call for the commit thread and, once it ran, its outcome (read on the loop)."""
+
+    __slots__ = ("args", "error", "finished", "fn", "future", "loop", "result")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> None:
+        self.loop = loop
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.finished = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self) -> None:
+        """On the loop: answer whichever future waits now."""
+        self.finished = True
+        future = self.future
+        if future.done():
+            return
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            future.set_result(self.result)
 
 
 class _Committer:
@@ -356,37 +384,29 @@ class _Committer:
         connection while the thread still uses it (SQLite connections are not
         re-entrant)."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((loop, done, fn, args))
+        job = _Job(loop, loop.create_future(), fn, args)
+        self._jobs.put(job)
         try:
-            return await asyncio.shield(done)
+            result: T = await job.future
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await done
+            if not job.finished:  # the cancelled future is answered no more: wait anew
+                job.future = loop.create_future()
+                with contextlib.suppress(Exception):
+                    await job.future
             raise
+        return result
 
     def _serve(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            loop, done, fn, args = job
             try:
-                answer: tuple[Callable[..., None], Any] = (_succeed, fn(*args))
+                job.result = job.fn(*job.args)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                answer = (_fail, exc)
+                job.error = exc
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-                loop.call_soon_threadsafe(answer[0], done, answer[1])
-
-
-def _succeed(future: asyncio.Future[Any], result: Any) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
+                job.loop.call_soon_threadsafe(job.resolve)
 
 
 async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
