@@ -10,6 +10,7 @@ every gateway it crossed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -114,17 +115,49 @@ def _quote(value: object) -> str:
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler :func:`configure` installs: a stream handler that can also write a
-    line formatted elsewhere (the outcome lines, see :class:`OutcomeLog`)."""
+    """The handler :func:`configure` installs: a stream handler that can also take lines
+    formatted elsewhere (the outcome lines, see :class:`OutcomeLog`). On an event loop
+    those are written together once per loop turn (one write and flush for all the lines
+    of the turn instead of one each); a record through :meth:`emit`, a :meth:`flush` or
+    the end of the turn writes what waits first, so the order of lines is kept."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
 
     def write_line(self, line: str) -> None:
-        """Write one formatted line, as :meth:`emit` writes a record (lock, flush)."""
+        """Write one formatted line, as :meth:`emit` writes a record."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self.lock:  # type: ignore[union-attr]
+            self._waiting.append(line)
+            if len(self._waiting) > 1:
+                return  # the turn's write is already due
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def _write_waiting(self) -> None:
+        lines, self._waiting = self._waiting, []
+        if lines:
             try:
-                self.stream.write(line + self.terminator)
-                self.flush()
+                self.stream.write(self.terminator.join(lines) + self.terminator)
             except Exception:  # noqa: BLE001 - as logging.Handler: never raise from a log line
-                self.handleError(logging.makeLogRecord({"msg": line}))
+                self.handleError(logging.makeLogRecord({"msg": lines[0]}))
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_waiting()
+        super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._waiting:
+            with self.lock:  # type: ignore[union-attr]
+                self._write_waiting()
+        super().emit(record)
 
 
 def configure(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -83,3 +84,16 @@ def test_a_handler_added_elsewhere_still_gets_the_outcome_lines() -> None:
     finally:
         logging.getLogger("cpimgw.delivery").removeHandler(keep)
     assert [r.getMessage() for r in seen] == ["accepted"]
+
+
+async def test_lines_of_one_loop_turn_are_written_together_and_in_order() -> None:
+    stream = io.StringIO()
+    configure(fmt="text", level="info", stream=stream)  # type: ignore[arg-type]
+    OutcomeLog().outcome("accepted", message(text="one"))
+    OutcomeLog().outcome("delivered", message(text="one"))
+    assert stream.getvalue() == ""  # due at the end of the turn
+    logging.getLogger("cpimgw.gateway").warning("between")
+    OutcomeLog().outcome("failed", message(text="two"))
+    await asyncio.sleep(0)
+    events = [line.split(" ")[4] for line in stream.getvalue().splitlines()]
+    assert events == ["accepted", "delivered", "between", "failed"]
