@@ -45,6 +45,7 @@ from tests.e2e.peers import (
     xml_text,
 )
 from tests.e2e.stack import Stack
+from tests.servers.kamailio import Kamailio
 from tests.servers.process import ServerProcess, free_port
 from tests.servers.prosody import ProsodyServer
 from tests.xmpp.users import logged_in
@@ -257,15 +258,8 @@ scheme = "xmpp"
         stop.callback(b.stop)
         a.start()
         stop.callback(a.stop)
-        stack = Stack(
-            workdir=workdir,
-            xmpp=prosody,
-            kamailio=kamailio,
-            kamailio_port=kamailio_port,
-            sip_port=sip_port,
-            metrics_port=b_metrics,
-            config=workdir / "b.toml",
-        )
+        proxy = Kamailio(kamailio, kamailio_port, 0, None, None, workdir / "kamailio")
+        stack = Stack(workdir=workdir, xmpp=prosody, kamailio=proxy)  # gateways: a and b
         yield Federation(stack, a, b, ca_file, alice, workdir)
 
 

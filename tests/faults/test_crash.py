@@ -24,18 +24,18 @@ from typing import Any
 
 import pytest
 
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     COMPONENT,
     PASSWORD,
     SIP_DOMAIN,
     XMPP_DOMAIN,
     Stack,
+    fault_stack,
     sip_identity,
     sip_ua,
-    stack,
     xmpp_identity,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import User, logged_in
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -114,7 +114,7 @@ async def test_kill_9_mid_stream_sip_to_xmpp_loses_no_acknowledged_message(tmp_p
     run = uuid.uuid4().hex[:8]
     call_ids = [f"k{i}-{run}" for i in range(TOTAL)]
     statuses: dict[int, int] = {}
-    with stack(tmp_path) as s:
+    with fault_stack(tmp_path) as s:
         async with (
             logged_in(f"alice@{XMPP_DOMAIN}/desk", PASSWORD, s.prosody.c2s_port) as alice,
             sip_ua(s.kamailio.port, s.sink_port) as ua,
@@ -178,7 +178,7 @@ async def test_kill_9_mid_stream_xmpp_to_sip_loses_no_stored_message(tmp_path: P
     sinks = [f"sink-bob{n}" for n in range(4)]
     full_jid = f"alice@{XMPP_DOMAIN}/desk"
     identities = {xmpp_identity(full_jid, i): n for n, i in enumerate(ids)}
-    with stack(tmp_path) as s:
+    with fault_stack(tmp_path) as s:
         async with (
             logged_in(full_jid, PASSWORD, s.prosody.c2s_port) as alice,
             sip_ua(s.kamailio.port, s.sink_port) as ua,

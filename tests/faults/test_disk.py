@@ -22,16 +22,16 @@ from typing import Any
 
 import pytest
 
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     COMPONENT,
     PASSWORD,
     SIP_DOMAIN,
     XMPP_DOMAIN,
+    fault_stack,
     sip_identity,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import User
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -79,7 +79,10 @@ async def test_store_on_a_full_disk_refuses_with_an_error_and_recovers(tmp_path:
     jid = f"alice@{XMPP_DOMAIN}/desk"
     received: list[str] = []
     errors: list[tuple[str, str]] = []
-    with small_disk(tmp_path / "disk") as disk, stack(tmp_path, store=disk / "cpimgw.sqlite3") as s:
+    with (
+        small_disk(tmp_path / "disk") as disk,
+        fault_stack(tmp_path, store=disk / "cpimgw.sqlite3") as s,
+    ):
         alice = User(jid, PASSWORD)
         alice.add_event_handler(
             "message",

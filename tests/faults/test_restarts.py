@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     COMPONENT,
     PASSWORD,
     SIP_DOMAIN,
     XMPP_DOMAIN,
+    fault_stack,
     http_get,
     sip_identity,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import User
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -68,7 +68,7 @@ async def test_prosody_restart_mid_stream_loses_nothing_the_gateway_accepted(
     statuses: dict[int, int] = {}
     inbox = Inbox()
     jid = f"alice@{XMPP_DOMAIN}/desk"
-    with stack(tmp_path) as s:
+    with fault_stack(tmp_path) as s:
         alice = User(jid, PASSWORD)
         inbox.attach(alice)
         await alice.login(s.prosody.c2s_port)
@@ -128,7 +128,7 @@ async def test_kamailio_restart_mid_stream_loses_nothing_the_gateway_accepted(
     jid = f"alice@{XMPP_DOMAIN}/desk"
     ids = [f"q{i}-{run}" for i in range(TOTAL)]
     errors: list[str] = []
-    with stack(tmp_path) as s:
+    with fault_stack(tmp_path) as s:
         alice = User(jid, PASSWORD)
         alice.add_event_handler("message_error", lambda m: errors.append(m["id"]))
         await alice.login(s.prosody.c2s_port)

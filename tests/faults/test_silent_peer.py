@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     COMPONENT,
     PASSWORD,
     SIP_DOMAIN,
     XMPP_DOMAIN,
+    fault_stack,
     http_get,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.servers.process import free_port
 from tests.xmpp.users import User
 
@@ -83,7 +83,7 @@ async def until(predicate: Any, within: float) -> bool:
 async def test_silent_xmpp_server_queues_then_reports_to_the_sip_sender(tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     async with tarpit() as pit:
-        with stack(tmp_path, start_gateway=False, xmpp_port=pit.port, expiry="6s") as s:
+        with fault_stack(tmp_path, start_gateway=False, xmpp_port=pit.port, expiry="6s") as s:
             await asyncio.to_thread(s.gateway.start, wait_ready=False)
             up = await until(lambda: http_get(s.settings.metrics_port, "/healthz")[0] == 200, 30)
             async with sip_ua(s.kamailio.port, s.sink_port) as ua:
@@ -135,7 +135,7 @@ async def test_silent_sip_proxy_over_tcp_times_out_and_reports_to_the_xmpp_sende
     run = uuid.uuid4().hex[:8]
     errors: list[tuple[str, str]] = []
     async with tarpit() as pit:
-        with stack(
+        with fault_stack(
             tmp_path,
             start_gateway=False,
             expiry="8s",
@@ -191,7 +191,7 @@ async def test_silent_sip_proxy_over_tcp_times_out_and_reports_to_the_xmpp_sende
 
 async def test_silent_xmpp_server_is_given_up_and_connected_to_again(tmp_path: Path) -> None:
     async with tarpit() as pit:
-        with stack(tmp_path, start_gateway=False, xmpp_port=pit.port) as s:
+        with fault_stack(tmp_path, start_gateway=False, xmpp_port=pit.port) as s:
             await asyncio.to_thread(s.gateway.start, wait_ready=False)
             # connect_timeout (10 s) without a session: that connection is given up
             tried_again = await until(lambda: pit.connections >= 2, 20)

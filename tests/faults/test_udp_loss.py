@@ -25,17 +25,17 @@ from typing import Any
 
 import pytest
 
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     COMPONENT,
     PASSWORD,
     SIP_DOMAIN,
     XMPP_DOMAIN,
+    fault_stack,
     sip_identity,
     sip_ua,
-    stack,
     xmpp_identity,
 )
+from tests.faults.figures import record
 from tests.servers.process import free_port
 from tests.sip.relay import LossyUdpRelay
 from tests.xmpp.users import User
@@ -75,7 +75,9 @@ async def test_20_percent_udp_loss_on_the_sip_leg_loses_nothing_accepted(tmp_pat
     received: list[str] = []
     errors: list[str] = []
     rss: list[tuple[str, int]] = []
-    with stack(tmp_path, gateway_sip_target=lambda _gw: inbound_port, start_gateway=False) as s:
+    with fault_stack(
+        tmp_path, gateway_sip_target=lambda _gw: inbound_port, start_gateway=False
+    ) as s:
         inbound.target = ("127.0.0.1", s.settings.sip_port)
         await inbound.start(inbound_port)
         outbound = LossyUdpRelay(("127.0.0.1", s.kamailio.port), Loss(LOSS, 2))

@@ -26,8 +26,7 @@ from adapters.sip.codec import Request, Response, parse
 from canonical import cpim, xmldoc
 from canonical.errors import ParseError, Reason
 from canonical.policy import Policy
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     API_BOT,
     API_TOKEN,
     COMPONENT,
@@ -35,9 +34,10 @@ from tests.faults.stack import (
     SIP_DOMAIN,
     XMPP_DOMAIN,
     Stack,
+    fault_stack,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import logged_in
 
 pytestmark = pytest.mark.e2e
@@ -48,7 +48,9 @@ STANZAS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("limits"), max_size=MAX_SIZE, rate=5.0, burst=10.0) as s:
+    with fault_stack(
+        tmp_path_factory.mktemp("limits"), max_size=MAX_SIZE, rate=5.0, burst=10.0
+    ) as s:
         yield s
 
 

@@ -28,8 +28,7 @@ import pytest
 from canonical import smime
 from canonical.envelope import Payload
 from tests import pki
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     API_BOT,
     API_TOKEN,
     COMPONENT,
@@ -37,10 +36,11 @@ from tests.faults.stack import (
     SIP_DOMAIN,
     XMPP_DOMAIN,
     Stack,
+    fault_stack,
     metric,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import User, logged_in
 
 pytestmark = pytest.mark.e2e
@@ -105,7 +105,9 @@ def trust_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def required(tmp_path_factory: pytest.TempPathFactory, trust_file: Path) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("require"), signatures="require", trust=(trust_file,)) as s:
+    with fault_stack(
+        tmp_path_factory.mktemp("require"), signatures="require", trust=(trust_file,)
+    ) as s:
         yield s
 
 
@@ -249,7 +251,7 @@ async def test_signer_not_the_sender_is_delivered_but_flagged_under_verify(
 ) -> None:
     run = uuid.uuid4().hex[:8]
     to = f"im:alice@{XMPP_DOMAIN}"
-    with stack(tmp_path, signatures="verify", trust=(trust_file,)) as s:
+    with fault_stack(tmp_path, signatures="verify", trust=(trust_file,)) as s:
         async with logged_in(f"alice@{XMPP_DOMAIN}/desk", PASSWORD, s.prosody.c2s_port) as a:
             before = metric(s.gateway.metrics(), "cpimgw_signatures_total", state="invalid")
             mismatch = signed(API_BOT, to, f"mismatch {run}", OTHER)

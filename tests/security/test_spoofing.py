@@ -1,5 +1,5 @@
 """Nobody sends as someone else, through ``cpimgw run`` with a real Prosody and Kamailio and
-the HTTP API (the stack of ``tests/faults/stack.py``).
+the HTTP API (``fault_stack`` of ``tests/e2e/stack.py``).
 
 - a SIP user writing with a From in the XMPP domain (``sip:mallory@xmpp.test``) is refused
   by the gateway's anti-spoofing (the routing table says ``xmpp.test`` belongs to the XMPP
@@ -29,7 +29,7 @@ from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload
 from canonical.errors import Reason
 from gateway.routing import Route, RoutingTable
 from gateway.security import Rules, judge
-from tests.faults.stack import (
+from tests.e2e.stack import (
     API_BOT,
     API_TOKEN,
     COMPONENT,
@@ -37,8 +37,8 @@ from tests.faults.stack import (
     SIP_DOMAIN,
     XMPP_DOMAIN,
     Stack,
+    fault_stack,
     sip_ua,
-    stack,
 )
 from tests.xmpp.users import User, logged_in
 
@@ -47,7 +47,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("spoofing"), xmpp_users=("alice", "mallory")) as s:
+    with fault_stack(tmp_path_factory.mktemp("spoofing"), xmpp_users=("alice", "mallory")) as s:
         yield s
 
 

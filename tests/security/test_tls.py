@@ -28,15 +28,15 @@ import pytest
 from aiohttp import web
 
 from tests import pki
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     API_TOKEN,
     COMPONENT,
     PASSWORD,
     XMPP_DOMAIN,
+    fault_stack,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.servers.process import free_port
 from tests.xmpp.users import User
 
@@ -66,11 +66,10 @@ async def until(predicate: Any, within: float) -> bool:
 
 async def test_sip_tls_to_kamailio_refuses_bad_proxy_certificates(tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
-    with stack(tmp_path, start_gateway=False, sip_proxy_transport="tls", expiry="1m") as s:
+    with fault_stack(tmp_path, start_gateway=False, sip_proxy_transport="tls", expiry="1m") as s:
         k = s.kamailio
         s.settings.proxy_port = k.tls_port
-        s.settings.sip_extra = f'tls_ca_file = "{k.ca_file}"'
-        good = (k.workdir / "kamailio.crt").read_bytes(), (k.workdir / "kamailio.key").read_bytes()
+        s.settings.values["adapters.sip.tls_ca_file"] = str(k.ca_file)
         await asyncio.to_thread(s.gateway.start)
         alice = User(f"alice@{XMPP_DOMAIN}/desk", PASSWORD)
         await alice.login(s.prosody.c2s_port)
@@ -85,13 +84,11 @@ async def test_sip_tls_to_kamailio_refuses_bad_proxy_certificates(tmp_path: Path
                 msg["id"] = tag
                 msg.send()
 
+            assert k.ca is not None
             cases = {"good": None, **bad_certificates(k.ca, {"ips": ("127.0.0.1",)})}
             for name, credential in cases.items():
                 if credential is not None:
-                    (k.workdir / "kamailio.crt").write_bytes(credential.cert_pem)
-                    (k.workdir / "kamailio.key").write_bytes(credential.key_pem)
-                    await asyncio.to_thread(k.process.stop)
-                    await asyncio.to_thread(k.process.start)
+                    await asyncio.to_thread(s.swap_proxy_certificate, credential)
                 tag = f"{name.replace('-', '')}{run}"
                 send(tag)
                 outcome[name] = await until(lambda t=tag: arrived(t), 5 if credential else 15)
@@ -101,10 +98,7 @@ async def test_sip_tls_to_kamailio_refuses_bad_proxy_certificates(tmp_path: Path
                 if line.get("event") == "retry" and "sink-" in str(line.get("recipient"))
             ]
             # the good certificate back: what waited is delivered, by itself
-            (k.workdir / "kamailio.crt").write_bytes(good[0])
-            (k.workdir / "kamailio.key").write_bytes(good[1])
-            await asyncio.to_thread(k.process.stop)
-            await asyncio.to_thread(k.process.start)
+            await asyncio.to_thread(s.swap_proxy_certificate, None)
             recovered = await until(
                 lambda: all(arrived(f"{n.replace('-', '')}{run}") for n in cases), 30
             )
@@ -176,7 +170,7 @@ send_as = ["*@peer.test"]
     good_peer = pki.make_leaf(ca, "peer.test", dns=("peer.test",), ips=("127.0.0.1",))
     cases = {"good": good_peer, **bad_certificates(ca, {"dns": ("peer.test",)})}
     outbound: dict[str, bool] = {}
-    with stack(tmp_path, api_clients=api, routes=routes, expiry="1m") as s:
+    with fault_stack(tmp_path, api_clients=api, routes=routes, expiry="1m") as s:
         port = s.settings.http_port
         async with aiohttp.ClientSession() as session:
 

@@ -31,8 +31,7 @@ from adapters.sip.endpoint import Incoming
 from adapters.sip.transport import Peer
 from canonical.envelope import CPIM, PIDF, Payload
 from gateway.security import xml_fault
-from tests.faults.figures import record
-from tests.faults.stack import (
+from tests.e2e.stack import (
     API_BOT,
     API_TOKEN,
     COMPONENT,
@@ -40,9 +39,10 @@ from tests.faults.stack import (
     SIP_DOMAIN,
     XMPP_DOMAIN,
     Stack,
+    fault_stack,
     sip_ua,
-    stack,
 )
+from tests.faults.figures import record
 from tests.xmpp.users import logged_in
 
 pytestmark = pytest.mark.e2e
@@ -90,7 +90,7 @@ ATTACKS: dict[str, Callable[[str], bytes]] = {
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with stack(tmp_path_factory.mktemp("xml")) as s:
+    with fault_stack(tmp_path_factory.mktemp("xml")) as s:
         yield s
 
 
@@ -146,7 +146,7 @@ async def test_pidf_with_a_dtd_from_a_hostile_sip_notifier_reaches_no_watcher(
     tmp_path: Path,
 ) -> None:
     run = uuid.uuid4().hex[:8]
-    with stack(tmp_path, start_gateway=False) as s:
+    with fault_stack(tmp_path, start_gateway=False) as s:
         subscribed: asyncio.Future[Request] = asyncio.get_running_loop().create_future()
 
         async def notifier(incoming: Incoming) -> None:

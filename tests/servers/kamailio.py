@@ -30,9 +30,9 @@ GW_USER, GW_PASSWORD = "gateway", "gw-secret"
 class Kamailio:
     process: ServerProcess
     port: int
-    tls_port: int
-    ca: pki.Credential
-    ca_file: Path
+    tls_port: int  # 0: no TLS listener
+    ca: pki.Credential | None  # the CA of its TLS certificate (None: no TLS)
+    ca_file: Path | None
     workdir: Path
 
     @property
