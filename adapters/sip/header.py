@@ -530,6 +530,7 @@ def _simple_name_addr(value: str) -> NameAddr | None:
     return NameAddr(parse_uri(uri_text, base=1), None, tuple(params), bracketed=True)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_name_addr(value: str) -> NameAddr:
     """From / To / a single Contact or Route value (RFC 3261 §20.10, §20.20, §20.39)."""
     simple = _simple_name_addr(value)
@@ -698,6 +699,7 @@ class CSeq:
 _SIMPLE_CSEQ = re.compile(rf"([0-9]{{1,9}}) ({_NAME_CHARS})")
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_cseq(value: str) -> CSeq:
     """``CSeq = 1*DIGIT LWS Method`` with the number below 2**31 (§20.16, RFC 4475 §3.1.2.4)."""
     simple = _SIMPLE_CSEQ.fullmatch(value)
@@ -738,6 +740,7 @@ def parse_delta_seconds(value: str, *, what: str, limit: int = 2**32 - 1) -> int
     return number
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_max_forwards(value: str) -> int:
     """``Max-Forwards = 1*DIGIT`` in 0..255 (§20.22; RFC 4475 §3.1.2.4)."""
     return parse_delta_seconds(value, what="Max-Forwards", limit=255)
@@ -808,6 +811,7 @@ class MediaType:
         return self.essence + format_params(self.params)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_media_type(value: str) -> MediaType:
     cur = _Cursor(value)
     cur.skip_ws()
