@@ -247,6 +247,7 @@ class SipAdapter(Adapter):
         self._housekeeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chains: dict[tuple[str, str], asyncio.Task[Response]] = {}
+        self._fronted_hosts: dict[str, bool] = {}  # host -> one of our domains?
 
     @classmethod
     def sample(cls) -> Sample:
@@ -370,11 +371,17 @@ class SipAdapter(Adapter):
         return Origin(adapter=self.name, peer=str(incoming.peer))
 
     def _fronted(self, uri: hdr.Uri) -> bool:
-        host = uri.host.lower().rstrip(".")
-        return any(
-            host == d or (d.startswith("*.") and host.endswith(d[1:]))
-            for d in self.settings.domains
-        )
+        found = self._fronted_hosts.get(uri.host)
+        if found is None:
+            host = uri.host.lower().rstrip(".")
+            found = any(
+                host == d or (d.startswith("*.") and host.endswith(d[1:]))
+                for d in self.settings.domains
+            )
+            if len(self._fronted_hosts) >= 1024:
+                self._fronted_hosts.clear()
+            self._fronted_hosts[uri.host] = found
+        return found
 
     def _refuse(self, incoming: Incoming, error: GatewayError) -> None:
         max_forwards = None

@@ -158,6 +158,7 @@ def sip_address(address: str) -> str:
 
 _PARTIES: dict[tuple[str, str], bytes] = {}
 _NS_SIP = f"NS: sip <{SIP_NS}>\r\n".encode()
+_SIP_NS_BYTES = SIP_NS.encode()
 _PLAIN_EXTENSION = re.compile(r"sip\.[A-Za-z0-9-]{1,64}")
 
 
@@ -548,7 +549,14 @@ class SipMapper:
             raise MappingError("a MESSAGE needs a payload", reason=Reason.BAD_REQUEST)
         recipient = sip_address(envelope.recipient)
         attrs = envelope.attributes
-        if payload.media_type == CPIM and not payload.is_secured:
+        # The object is read only to give back a native request this mapper built (it
+        # declares the sip namespace) or to write text; for anything else its bytes go
+        # as they are, unread.
+        if (
+            payload.media_type == CPIM
+            and not payload.is_secured
+            and (body_type == "text/plain" or _SIP_NS_BYTES in payload.body)
+        ):
             try:
                 message: cpim.CpimMessage | None = cpim.parse_body(payload.body, policy=self.policy)
             except ParseError as exc:
