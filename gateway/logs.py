@@ -108,10 +108,23 @@ def _utc(created: float) -> str:
 
 
 def _quote(value: object) -> str:
+    if type(value) is str:
+        found = _QUOTED.get(value)
+        if found is not None:
+            return found
     text = str(value)
-    if not text or _NEEDS_QUOTES.search(text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
+    quoted = (
+        json.dumps(text, ensure_ascii=False) if not text or _NEEDS_QUOTES.search(text) else text
+    )
+    if type(value) is str and len(value) <= 256:
+        if len(_QUOTED) >= 4096:
+            _QUOTED.clear()
+        _QUOTED[value] = quoted
+    return quoted
+
+
+#: Text values as written, for the values that recur (addresses, adapter names, ...).
+_QUOTED: dict[str, str] = {}
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
