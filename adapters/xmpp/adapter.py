@@ -98,6 +98,7 @@ class _Outgoing:
     done: asyncio.Future[Sent]
     ids: tuple[str, ...] = ()
     wire: bytes = b""
+    deadline: float | None = None  # loop time by which send() gives up waiting
 
 
 @dataclass(slots=True)
@@ -245,6 +246,7 @@ class XmppAdapter(Adapter):
         self._stopping = False
         self._stopped = asyncio.Event()
         self._barrier: _Barrier | None = None
+        self._overdue_check: asyncio.TimerHandle | None = None
         self._ping_ids = itertools.count(1)
         self._available: dict[tuple[str, str], ET.Element] = {}
         self._authenticated_once = False
@@ -576,16 +578,37 @@ class XmppAdapter(Adapter):
         for loss in mapped.losses:
             self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
         item = self._queue(mapped.value)
-        try:
-            async with asyncio.timeout(self.settings.send_timeout):
-                return await asyncio.shield(item.done)
-        except TimeoutError as exc:
-            raise DeliveryError(
-                f"XMPP server did not confirm within {self.settings.send_timeout}s",
-                retryable=True,
-                reason=Reason.TIMEOUT,
-                hint="the stanza stays queued and is written after reconnecting",
-            ) from exc
+        loop = asyncio.get_running_loop()
+        item.deadline = loop.time() + self.settings.send_timeout
+        if self._overdue_check is None:
+            self._overdue_check = loop.call_later(1.0, self._give_up_overdue)
+        return await item.done
+
+    def _give_up_overdue(self) -> None:
+        """Answer the sends whose stanzas were not confirmed within ``send_timeout`` (checked
+        once a second while any wait; one timer for all instead of one per send): they fail
+        as timeouts, and the stanzas stay queued, written after reconnecting."""
+        self._overdue_check = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        barrier = self._barrier
+        waiting = False
+        for item in (*self._outbound, *(barrier.items if barrier is not None else ())):
+            if item.deadline is None or item.done.done():
+                continue
+            if now < item.deadline:
+                waiting = True
+                continue
+            item.done.set_exception(
+                DeliveryError(
+                    f"XMPP server did not confirm within {self.settings.send_timeout}s",
+                    retryable=True,
+                    reason=Reason.TIMEOUT,
+                    hint="the stanza stays queued and is written after reconnecting",
+                )
+            )
+        if waiting:
+            self._overdue_check = loop.call_later(1.0, self._give_up_overdue)
 
     async def report(self, envelope: Envelope, error: GatewayError) -> None:
         """The final failure of an envelope that came from XMPP, as a stanza error."""
