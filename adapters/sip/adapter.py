@@ -880,7 +880,9 @@ class SipAdapter(Adapter):
                 status="413 Request Entity Too Large",
             )
         destination = request.uri
-        slot = self._destinations.setdefault(destination, _Destination())
+        slot = self._destinations.get(destination)
+        if slot is None:
+            slot = self._destinations[destination] = _Destination()
         slot.users += 1
         try:
             async with slot.lock:  # RFC 3428 §8: one outstanding MESSAGE per destination

@@ -138,9 +138,14 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         self.transports = transports
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        peer = Peer("UDP", str(addr[0]), int(addr[1]))
-        stripped = data.strip(b"\r\n")
-        if not stripped:  # RFC 5626 §3.5.1 keep-alive (CRLF CRLF / STUN-less ping)
+        peers = self.transports._udp_peers
+        peer = peers.get(addr)
+        if peer is None:  # the same few addresses (the proxy) send nearly everything
+            if len(peers) >= 1024:
+                peers.clear()
+            peer = peers[addr] = Peer("UDP", str(addr[0]), int(addr[1]))
+        if data[:1] in b"\r\n" and not data.strip(b"\r\n"):
+            # RFC 5626 §3.5.1 keep-alive (CRLF CRLF / STUN-less ping); also an empty datagram
             self.transports.count("sip_keepalives_total")
             return
         try:
@@ -187,6 +192,7 @@ class Transports:
         self._udp: asyncio.DatagramTransport | None = None
         self._servers: list[asyncio.Server] = []
         self._links: dict[tuple[str, str, int], Link] = {}
+        self._udp_peers: dict[tuple[str | Any, int], Peer] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[Link]] = {}
 
     # -- listening
