@@ -71,6 +71,7 @@ def gateway_of(config: Config, metrics: Metrics | None = None) -> Gateway:
             gateway_id=settings.gateway.id,
             logger=logging.getLogger(f"cpimgw.adapter.{name}"),
             policy=policy,
+            count=metrics.adapters.for_adapter(name),  # cpimgw_<name>_total on /metrics
         )
         adapters[name] = setup.cls(name, setup.config, context)
     presence = settings.presence
