@@ -142,6 +142,8 @@ class SipConfig(AdapterConfig):
     subscription_expires: int = Field(default=3600, ge=60)
     max_subscription_expires: int = Field(default=3600, ge=60)
     max_headers: int = Field(default=256, ge=16)
+    max_connections: int = Field(default=1024, ge=1, description="inbound TCP/TLS connections")
+    idle_timeout: float = Field(default=300.0, gt=0, description="close quiet inbound streams")
     notice_from: str | None = None
     user_agent: str = "cpimgw"
 
@@ -314,6 +316,8 @@ class SipAdapter(Adapter):
             else 10**9,  # no fallback: refused in send() instead
         )
         self.endpoint = endpoint
+        endpoint.transports.max_connections = self.settings.max_connections
+        endpoint.transports.idle_timeout = self.settings.idle_timeout
         try:
             for item in self.settings.listen:
                 bound = await endpoint.listen(item.transport, item.host, item.port)

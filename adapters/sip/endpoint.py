@@ -41,7 +41,7 @@ from adapters.sip.transaction import (
     client_key,
     server_key,
 )
-from adapters.sip.transport import Link, Peer, Transports
+from adapters.sip.transport import Link, Peer, Transports, bad_request
 from adapters.sip.validation import check_request, check_response
 from canonical.errors import DeliveryError, ParseError, Reason
 
@@ -180,6 +180,7 @@ class Endpoint:
             logger=self.logger,
             count=self.count,
             incomplete_timeout=64 * timers.t1,
+            server=user_agent,
         )
         self._clients: dict[ClientKey, _Client] = {}
         self._servers: dict[ServerKey, _Server] = {}
@@ -435,25 +436,23 @@ class Endpoint:
         # (RFC 3261 §21.4.1); anything else is dropped.
         if peer.reliable or not data[:3].isalpha() or data.startswith(b"SIP/"):
             return
-        self._stateless_400(data, peer, str(exc))
+        self._stateless_400(data, peer, exc)
 
-    def _stateless_400(self, data: bytes, peer: Peer, detail: str) -> None:
-        # Keep the Via/From/To/Call-ID/CSeq lines we can find so the client can match it.
-        lines = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
-        keep = []
-        for line in lines:
-            name = line.split(b":", 1)[0].strip().lower()
-            if name in (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq"):
-                keep.append(line)
-        if not any(k.split(b":", 1)[0].strip().lower() in (b"via", b"v") for k in keep):
+    def _stateless_400(
+        self, data: bytes, peer: Peer, error: ParseError, link: Link | None = None
+    ) -> None:
+        """A 400 naming the fault to a request that could not be read whole (RFC 3261
+        §21.4.1): over UDP to its source, on a stream on its connection; only when its head
+        has the lines a client matches a response by (:func:`bad_request`)."""
+        answer = bad_request(data, error, server=self.user_agent)
+        if answer is None:
             return
-        reason = "Bad Request"
-        head = b"SIP/2.0 400 " + reason.encode() + b"\r\n" + b"\r\n".join(keep)
-        warning = detail.replace('"', "'").encode("utf-8", "replace")[:200]
-        head += b'\r\nWarning: 399 cpimgw "' + warning + b'"\r\nContent-Length: 0\r\n\r\n'
-        self.count("sip_responses_sent_total", status="400")
-        if self.transports._udp is not None:
-            self.transports._udp.sendto(head, (peer.host, peer.port))
+        self.count("sip_responses_sent_total", status=answer[8:11].decode())
+        if link is not None and not link.closed:
+            with contextlib.suppress(ConnectionError):
+                link.write(answer)
+        elif not peer.reliable and self.transports._udp is not None:
+            self.transports._udp.sendto(answer, (peer.host, peer.port))
 
     def _on_message(self, message: Message, peer: Peer, link: Link | None) -> None:
         for defect in message.defects:
@@ -487,8 +486,7 @@ class Endpoint:
         except ParseError as exc:
             self.count("sip_malformed_total", code=exc.code, transport=peer.transport)
             self.logger.warning("request from %s without a usable Via/From/CSeq: %s", peer, exc)
-            if not peer.reliable:
-                self._stateless_400(bytes(request), peer, str(exc))
+            self._stateless_400(bytes(request), peer, exc, link)
             return
         now = asyncio.get_running_loop().time()
         existing = self._servers.get(key)
