@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from adapters.contract import Deliver, OutcomeLookup, OutcomeState
+from adapters.contract import Deliver, Outcome, OutcomeLookup, OutcomeState
 from adapters.cpim.ledger import Ledger, Status
 from adapters.cpim.listener import Gate
 from adapters.cpim.mapping import (
@@ -42,13 +42,22 @@ from adapters.cpim.mapping import (
 )
 from adapters.cpim.stream import Hub, parse_cursor, serve_sse, serve_websocket
 from adapters.cpim.token import Principal, RateBook, TokenBook, certificate_names
-from canonical.envelope import Origin, identity_of
+from canonical.envelope import Operation, Origin, identity_of
 from canonical.errors import DeliveryError, GatewayError, ParseError, Reason, SecurityError
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 PROBLEM = "application/problem+json"
 _RETRY_HINT = re.compile(r"retry after ([0-9]+(?:\.[0-9]+)?)s")
 _UNAUTHENTICATED_PATHS = frozenset({"/openapi.yaml"})
+#: Operations whose final failure the core reports to the adapter they came from, with
+#: the reason (``Gateway._report``, RFC 3860 §3.4.1); for the others no report follows.
+_REPORTED = frozenset({Operation.MESSAGE.value, Operation.SUBSCRIBE.value})
+#: Seconds a status read keeps an operation the store gave up *accepted* while the core's
+#: report (and so the reason) is on its way; after that the adapter records the failure
+#: itself, reason ``internal``.
+REPORT_GRACE = 5.0
+#: Failures waiting for their report that a status read remembers (oldest forgotten).
+_UNREPORTED_MAX = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -110,6 +119,7 @@ class Api:
         body_timeout: float = 30.0,
         gate: Gate | None = None,
         outcome: OutcomeLookup | None = None,
+        report_grace: float = REPORT_GRACE,
     ) -> None:
         self.name = name
         self.mapper = mapper
@@ -124,6 +134,10 @@ class Api:
         self.body_timeout = body_timeout
         self.gate = gate
         self.outcome = outcome
+        self.report_grace = report_grace
+        #: identity -> when a status read first found the store had given it up while
+        #: no report had landed here yet
+        self._unreported: dict[str, float] = {}
         self.deliver: Deliver | None = None
         self.rates = RateBook()
         self._openapi = openapi_text()
@@ -384,10 +398,49 @@ class Api:
             await self.ledger.delivered(status.identity, at=self.clock())
             return dataclasses.replace(status, state="delivered")
         if outcome.state is OutcomeState.FAILED:
-            return dataclasses.replace(
-                status, state="failed", detail=outcome.error, attempts=outcome.attempts
-            )
+            return await self._given_up(status, outcome)
         return dataclasses.replace(status, detail=outcome.error, attempts=outcome.attempts)
+
+    async def _given_up(self, status: Status, outcome: Outcome) -> Status:
+        """The status of an operation the gateway store says failed.
+
+        A failed status always carries its reason, and the reason comes only with the
+        core's report (:meth:`CpimHttpAdapter.report`), which the core sends *after* the
+        store marked the entry failed. So until the report lands the status stays
+        *accepted* (with the store's attempts and error), for at most ``report_grace``
+        seconds; a failure no report follows (an operation the core does not report on,
+        an operator's drop, a report lost in a crash or taken by another node) is then
+        recorded here with reason ``internal`` and the store's error as detail.
+        """
+        identity = status.identity
+        landed = await self.ledger.status(identity)  # the report may be in since the read
+        if landed is not None and landed.state != "accepted":
+            self._unreported.pop(identity, None)
+            return landed
+        now = self.clock()
+        if status.operation in _REPORTED:
+            first = self._unreported.setdefault(identity, now)
+            if len(self._unreported) > _UNREPORTED_MAX:
+                del self._unreported[next(iter(self._unreported))]
+            if now - first < self.report_grace:
+                return dataclasses.replace(status, detail=outcome.error, attempts=outcome.attempts)
+        self._unreported.pop(identity, None)
+        detail = outcome.error or "the gateway gave the operation up"
+        self.log.warning(
+            "http %s: %s failed and no report with its reason came; recorded as internal: %s",
+            self.name,
+            identity,
+            detail,
+        )
+        await self.ledger.failed(
+            identity, reason=Reason.INTERNAL.value, detail=detail, at=now, unless_settled=True
+        )
+        found = await self.ledger.status(identity)
+        if found is None:  # pruned meanwhile
+            return dataclasses.replace(
+                status, state="failed", reason=Reason.INTERNAL.value, detail=detail
+            )
+        return found
 
     def _client(self, request: web.Request) -> Principal:
         principal = request[PRINCIPAL]

@@ -282,14 +282,18 @@ class Ledger:
             )
         )
 
-    async def failed(self, identity: str, *, reason: str, detail: str, at: float) -> bool:
-        """Mark an operation failed (the core's final report); False if it is unknown."""
+    async def failed(
+        self, identity: str, *, reason: str, detail: str, at: float, unless_settled: bool = False
+    ) -> bool:
+        """Mark an operation failed with its reason (the core's final report); False if it
+        is unknown. ``unless_settled`` writes only over an ``accepted`` row: the adapter's
+        own conclusion never replaces a report that landed meanwhile."""
 
         def write(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "UPDATE cpimhttp_status SET state = 'failed', reason = ?, detail = ?,"
-                " updated_at = ? WHERE identity = ?",
-                (reason, detail, at, identity),
+                " updated_at = ? WHERE identity = ? AND (? = 0 OR state = 'accepted')",
+                (reason, detail, at, identity, int(unless_settled)),
             )
             return cur.rowcount > 0
 

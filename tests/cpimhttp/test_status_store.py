@@ -5,14 +5,16 @@ adapter keeps its own tables in; the adapter reads none of the store's tables.""
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from canonical.envelope import CPIM
-from canonical.errors import DeliveryError, Reason
+from adapters.contract import OutcomeState
+from canonical.envelope import CPIM, Envelope
+from canonical.errors import DeliveryError, GatewayError, Reason
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -106,6 +108,72 @@ async def test_status_shows_attempts_and_the_last_error_then_failure(
     assert "busy here" in str(pending["detail"])
     assert failed["cpim_status"] == "failure"
     assert failed["reason"] == "unknown-destination"  # the core's report, kept by the ledger
+
+
+async def test_a_failed_status_always_carries_its_reason_while_the_report_is_on_its_way(
+    tmp_path: Path,
+) -> None:
+    # The store marks the entry failed before the core calls report() with the reason
+    # (gateway/core.py): hold the report a while and read the status meanwhile. No read
+    # may say failed without the reason; it stays accepted until the report lands.
+    gateway = build_gateway(tmp_path / "store.db")
+    adapter = http(gateway)
+    release = asyncio.Event()
+    called = asyncio.Event()
+    report = adapter.report
+
+    async def held(envelope: Envelope, error: GatewayError) -> None:
+        called.set()
+        await release.wait()
+        await report(envelope, error)
+
+    adapter.report = held  # type: ignore[method-assign]
+    net(gateway).fail_next(
+        DeliveryError("no such user", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+    )
+    async with running(gateway) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        location = await post(s, url, "held report")
+        await asyncio.wait_for(called.wait(), 10.0)
+        identity = location.rsplit("/", 1)[1]
+        outcome = await gw.store.outcome(identity)
+        assert outcome is not None
+        assert outcome.state is OutcomeState.FAILED
+        meanwhile = [await status_of(s, url, location) for _ in range(5)]
+        release.set()
+        failed = await wait_state(s, url, location, "failed")
+    assert {(m["state"], m["cpim_status"]) for m in meanwhile} == {("accepted", None)}
+    assert all("no such user" in str(m["detail"]) for m in meanwhile)
+    assert (failed["cpim_status"], failed["reason"]) == ("failure", "unknown-destination")
+
+
+async def test_a_failure_no_report_follows_is_recorded_with_a_reason_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    # A failure the core never reports (here: the report is lost) still ends failed, with
+    # a reason, once the adapter stops waiting for the report.
+    gateway = build_gateway(tmp_path / "store.db")
+    adapter = http(gateway)
+    adapter.api.report_grace = 0.3
+    lost = asyncio.Event()
+
+    async def dropped(envelope: Envelope, error: GatewayError) -> None:
+        lost.set()
+
+    adapter.report = dropped  # type: ignore[method-assign]
+    net(gateway).fail_next(DeliveryError("no such user", retryable=False))
+    async with running(gateway) as gw, aiohttp.ClientSession() as s:
+        url = base_url(gw)
+        location = await post(s, url, "lost report")
+        await asyncio.wait_for(lost.wait(), 10.0)
+        first = await status_of(s, url, location)
+        failed = await wait_state(s, url, location, "failed")
+        await gw.store.maintain(gw.clock() + 10_000.0)  # the store forgets it: kept here
+        again = await status_of(s, url, location)
+    assert (first["state"], first["cpim_status"]) == ("accepted", None)
+    assert (failed["cpim_status"], failed["reason"]) == ("failure", "internal")
+    assert "no such user" in str(failed["detail"])
+    assert (again["state"], again["reason"]) == ("failed", "internal")
 
 
 async def test_status_with_no_store_to_ask_is_indeterminant(tmp_path: Path) -> None:
