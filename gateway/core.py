@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters.contract import Adapter, Capability, Deliver, Receipt
@@ -55,6 +55,13 @@ IMDN_REQUEST = "imdn.disposition-notification"
 REPORT_IMDN = "report.imdn"
 #: Set on messages whose route checks signatures: "valid", "invalid" or "none" (unsigned).
 SIGNATURE = "signature.verdict"
+#: Backoff of a store call that raised (seconds): first wait, cap, and how long the
+#: dispatcher must have run before a new error starts again from the first wait.
+STORE_BACKOFF_MIN = 0.05
+STORE_BACKOFF_MAX = 5.0
+STORE_BACKOFF_RESET = 30.0
+#: At most one error line per this many seconds while the store keeps failing.
+STORE_LOG_INTERVAL = 10.0
 
 
 class RateLimitedError(SecurityError):
@@ -154,6 +161,9 @@ class Gateway:
         self._adapter_tasks: dict[str, asyncio.Task[None]] = {}
         self._started = False
         self._store_ok = False
+        #: store calls being retried after an error (readiness: ``store`` is false)
+        self._store_failing = 0
+        self._store_logged = 0.0
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._check_routes()
@@ -223,7 +233,7 @@ class Gateway:
         for name, task in self._adapter_tasks.items():
             if task.done():
                 state[f"adapter:{name}"] = False
-        state["store"] = self._store_ok
+        state["store"] = self._store_ok and not self._store_failing
         state["accepting"] = self._started and not self._closing
         return state
 
@@ -498,6 +508,74 @@ class Gateway:
     # -- outbound -----------------------------------------------------------------
 
     async def _dispatch(self) -> None:
+        """Run the dispatch loop, and run it again when a store call in it raised (a
+        locked or full SQLite file, a dropped Redis connection): the error is logged and
+        counted, readiness says ``store`` is failing, the store is checked with a capped
+        backoff until it answers, and dispatching resumes. Nothing was claimed by the
+        call that raised, so nothing is lost or sent twice by the restart."""
+        delay = STORE_BACKOFF_MIN
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._dispatch_loop()
+            except Exception as exc:  # noqa: BLE001 - counted, logged, retried
+                if time.monotonic() - started > STORE_BACKOFF_RESET:
+                    delay = STORE_BACKOFF_MIN  # it ran a while: a new outage
+                await self._store_retry("dispatch", self._check_store, exc, delay=delay)
+                delay = min(delay * 2, STORE_BACKOFF_MAX)
+
+    async def _check_store(self) -> None:
+        """Raise while the store cannot serve: its own ``check()`` when it has one (a
+        write transaction for SQLite, PING for Redis), then the dispatcher's first call."""
+        check = getattr(self.store, "check", None)
+        if check is not None:
+            await check()
+        await self.store.next_due()
+
+    async def _store_retry(
+        self,
+        operation: str,
+        call: Callable[[], Awaitable[object]],
+        error: Exception,
+        *,
+        delay: float = STORE_BACKOFF_MIN,
+    ) -> bool:
+        """Repeat ``call`` (a store call that raised ``error``) until the store takes it:
+        each error is counted (``cpimgw_store_errors_total{operation}``) and logged at
+        error level (at most every ``STORE_LOG_INTERVAL`` s), the delay doubles up to
+        ``STORE_BACKOFF_MAX``, and readiness reports the store failing meanwhile. An
+        entry whose write is retried stays claimed by this node, so it is neither lost
+        nor handed out twice here. False when the gateway stops first (what was not
+        written stays in the store as it was, for the next start)."""
+        self._store_failing += 1
+        try:
+            while True:
+                self._store_trouble(operation, error)
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return False
+                delay = min(delay * 2, STORE_BACKOFF_MAX)
+                try:
+                    await call()
+                except Exception as exc:  # noqa: BLE001 - counted and retried
+                    error = exc
+                    continue
+                self.log.info("the store answers again", extra={"operation": operation})
+                return True
+        finally:
+            self._store_failing -= 1
+
+    def _store_trouble(self, operation: str, error: Exception) -> None:
+        self.metrics.store_errors.labels(operation).inc()
+        now = time.monotonic()
+        if now - self._store_logged >= STORE_LOG_INTERVAL:
+            self._store_logged = now
+            self.log.error(
+                "a store call failed; deliveries wait and it is tried again",
+                extra={"operation": operation, "error": f"{type(error).__name__}: {error}"},
+            )
+
+    async def _dispatch_loop(self) -> None:
         limit = self.delivery.concurrency
         inflight = self._inflight
         while not self._stopping:
@@ -581,7 +659,10 @@ class Gateway:
             )
             await self._failed(entry, error, True, None)
         else:
-            await self.store.complete(entry.id)
+            try:
+                await self.store.complete(entry.id)
+            except Exception as exc:  # noqa: BLE001 - retried until the store takes it
+                await self._store_retry("complete", lambda: self.store.complete(entry.id), exc)
             now = self.clock()
             self.counters.delivered += 1
             metrics = self.metrics
@@ -603,9 +684,19 @@ class Gateway:
             delay = backoff(attempts, policy, draw=self.rng.random(), retry_after=retry_after)
             if now + delay < entry.expires_at or retry_after is None:
                 next_at = min(now + delay, entry.expires_at)
-                await self.store.reschedule(
-                    entry.id, next_at=next_at, attempts=attempts, error=str(error)
-                )
+                try:
+                    await self.store.reschedule(
+                        entry.id, next_at=next_at, attempts=attempts, error=str(error)
+                    )
+                except Exception as exc:  # noqa: BLE001 - retried until the store takes it
+                    if not await self._store_retry(
+                        "reschedule",
+                        lambda: self.store.reschedule(
+                            entry.id, next_at=next_at, attempts=attempts, error=str(error)
+                        ),
+                        exc,
+                    ):
+                        return
                 self._wake.set()  # the dispatcher may be sleeping past the new due time
                 self.counters.retried += 1
                 self.metrics.retries.labels(entry.target, error.reason.value).inc()
@@ -628,7 +719,13 @@ class Gateway:
                 reason=Reason.EXPIRED,
                 hint="the recipient's network did not take it in time",
             )
-        await self.store.fail(entry.id, error=str(final), now=now)
+        try:
+            await self.store.fail(entry.id, error=str(final), now=now)
+        except Exception as exc:  # noqa: BLE001 - retried until the store takes it
+            if not await self._store_retry(
+                "fail", lambda: self.store.fail(entry.id, error=str(final), now=now), exc
+            ):
+                return
         self.counters.failed += 1
         self.metrics.failed.labels(entry.target, final.reason.value).inc()
         self.outcomes.outcome(
@@ -701,6 +798,7 @@ class Gateway:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                self.metrics.store_errors.labels("housekeeping").inc()
                 self.log.exception("housekeeping failed; trying again")
             held = self.book.next_flush()
             pause = 2.0 if held is None else min(2.0, max(0.05, held - self.clock()))
