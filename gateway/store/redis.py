@@ -1139,28 +1139,38 @@ class RedisStore:
             return None
         return None if found is None else float(found)
 
+    # A finish forgets the claim only once Redis took it: a call that raised can be made
+    # again (the gateway retries it), and meanwhile recovery leaves the entry to us.
+
     async def complete(self, entry_id: str) -> None:
-        await self._fn("complete", entry_id, *self._held.pop(entry_id, ("", "")))
+        await self._fn("complete", entry_id, *self._held.get(entry_id, ("", "")))
+        self._held.pop(entry_id, None)
 
     async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
         await self._fn(
             "reschedule",
             entry_id,
-            *self._held.pop(entry_id, ("", "")),
+            *self._held.get(entry_id, ("", "")),
             _num(next_at),
             str(attempts),
             error,
         )
+        self._held.pop(entry_id, None)
 
     async def fail(self, entry_id: str, *, error: str, now: float) -> None:
         await self._fn(
             "fail",
             entry_id,
-            *self._held.pop(entry_id, ("", "")),
+            *self._held.get(entry_id, ("", "")),
             error,
             _num(now),
             self._window_ms,
         )
+        self._held.pop(entry_id, None)
+
+    async def check(self) -> None:
+        """Raise while Redis does not answer (the gateway's probe of a failing store)."""
+        await self._direct("PING")
 
     # -- leases: one node at a time runs an adapter ------------------------------------
 

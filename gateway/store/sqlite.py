@@ -201,10 +201,15 @@ class _Op:
     after: Callable[[Any], None] | None = None
 
 
-def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
-    """Open the file in WAL mode with the schema in place (the schema version checked)."""
+def connect(
+    path: Path, synchronous: Synchronous, *, busy_timeout: float = 10.0
+) -> sqlite3.Connection:
+    """Open the file in WAL mode with the schema in place (the schema version checked).
+    ``busy_timeout`` (s): how long a write waits for another connection's write lock
+    before it fails with "database is locked"."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         _prepare(conn, path, synchronous)
     except BaseException:
         conn.close()
@@ -213,7 +218,6 @@ def connect(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
 
 
 def _prepare(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> None:
-    conn.execute("PRAGMA busy_timeout = 10000")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise GatewayError(
@@ -471,8 +475,10 @@ class SqliteStore:
         id_ttl: float = 7 * 86400.0,
         poll_interval: float = 1.0,
         serve: bool = True,
+        busy_timeout: float = 10.0,
     ) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self.synchronous: Synchronous = synchronous
         self.dedup_window = dedup_window
         self.id_ttl = id_ttl
@@ -518,7 +524,9 @@ class SqliteStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = await asyncio.to_thread(connect, self.path, self.synchronous)
+            conn = await asyncio.to_thread(
+                connect, self.path, self.synchronous, busy_timeout=self.busy_timeout
+            )
         except GatewayError:
             raise
         except (OSError, sqlite3.Error) as exc:
@@ -549,6 +557,11 @@ class SqliteStore:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+    async def check(self) -> None:
+        """Raise unless a write transaction can run now (the write lock is free, the file
+        writable): the gateway's probe while it waits for a failing store."""
+        await self._submit(lambda c: c.execute("SELECT 1").fetchone())
 
     def _remember(self, entry: Entry) -> None:
         self._ready[entry.id] = entry

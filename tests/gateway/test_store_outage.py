@@ -1,0 +1,114 @@
+"""A store that fails for a while (a real SQLite file whose write lock another connection
+holds: "database is locked") stops deliveries only for that while: the dispatcher and
+the sends' store writes survive, readiness says the store is failing, the errors are
+counted, and deliveries resume when the lock is released."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from adapters.contract import AdapterContext, Sent
+from adapters.memory import MemoryAdapter, MemoryConfig
+from canonical.envelope import Envelope
+from canonical.errors import DeliveryError, Reason
+from gateway.core import Gateway
+from gateway.store.sqlite import SqliteStore
+from tests.gateway.network import adapter, build, memory, until
+from tests.gateway.samples import message
+
+
+class Locker:
+    """Another connection to the same file that takes and releases its write lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+
+    def lock(self) -> None:
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def release(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.release()
+        self.conn.close()
+
+
+@contextmanager
+def locker_of(path: Path) -> Iterator[Locker]:
+    locker = Locker(path)
+    try:
+        yield locker
+    finally:
+        locker.close()
+
+
+def store_of(path: Path) -> SqliteStore:
+    # a short busy timeout: a locked write fails in 50 ms instead of 10 s
+    return SqliteStore(path, synchronous="normal", poll_interval=0.02, busy_timeout=0.05)
+
+
+def errors(gw: Gateway, operation: str) -> float:
+    value = gw.metrics.registry.get_sample_value(
+        "cpimgw_store_errors_total", {"operation": operation}
+    )
+    return value or 0.0
+
+
+async def test_dispatcher_survives_a_locked_store_and_deliveries_resume(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    async with build(store=store_of(path)) as gw:
+        sip = adapter(gw, "sip")
+        await adapter(gw, "xmpp").inject(message(text="before"))
+        await sip.wait_sent(1)
+        with locker_of(path) as locker:
+            locker.lock()
+            await until(lambda: not gw.ready()["store"])
+            assert errors(gw, "dispatch") >= 1
+            locker.release()
+            await until(lambda: gw.ready()["store"])
+        await adapter(gw, "xmpp").inject(message(text="after"))
+        await sip.wait_sent(2)
+        assert [e.payload.body for e in sip.sent][-1].endswith(b"after")
+        assert all(not t.done() for t in gw._tasks)  # the dispatcher is still running
+
+
+class LockingAdapter(MemoryAdapter):
+    """Its first send takes the store's write lock, then fails as retryable: the
+    gateway's reschedule write then meets "database is locked"."""
+
+    def __init__(self, name: str, locker: Locker) -> None:
+        super().__init__(name, MemoryConfig(), AdapterContext(gateway_id="gw"))
+        self.locker = locker
+
+    async def send(self, envelope: Envelope) -> Sent:
+        if self.attempts == 0:
+            self.attempts += 1
+            self.locker.lock()
+            raise DeliveryError("busy", retryable=True, reason=Reason.UNAVAILABLE)
+        return await super().send(envelope)
+
+
+async def test_a_reschedule_refused_by_a_locked_store_is_written_later_and_delivered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    with locker_of(path) as locker:
+        sip = LockingAdapter("sip", locker)
+        gw = build(store=store_of(path), adapters={"xmpp": memory("xmpp"), "sip": sip})
+        async with gw:
+            await adapter(gw, "xmpp").inject(message(text="retried"))
+            await until(lambda: errors(gw, "reschedule") >= 1)
+            assert not gw.ready()["store"]
+            assert not sip.sent
+            locker.release()
+            await sip.wait_sent(1)
+            await gw.settle()
+            assert gw.ready()["store"]
+            assert gw.counters.retried == 1
+            assert gw.counters.delivered == 1
+            assert await gw.store.entries() == []
