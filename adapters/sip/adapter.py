@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -59,6 +60,7 @@ from adapters.sip.subscription import (
 )
 from adapters.sip.transaction import Timers
 from adapters.sip.transport import Peer
+from adapters.sip.watchers import SharedStore, SharedWatchers, Watchers
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import (
     AdapterError,
@@ -245,7 +247,9 @@ class SipAdapter(Adapter):
         self._stopped = asyncio.Event()
         self._destinations: dict[str, _Destination] = {}
         self._subscribers: dict[tuple[str, str], Subscriber] = {}
-        self._notifiers: dict[tuple[str, str, str], Notifier] = {}
+        #: SIP watchers' subscriptions (we are the notifier); shared by a cluster's nodes
+        #: once :meth:`share` gave it the store. Their times are wall-clock seconds.
+        self._watchers: Watchers = Watchers()
         self._housekeeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chains: dict[tuple[str, str], asyncio.Task[Response]] = {}
@@ -346,11 +350,13 @@ class SipAdapter(Adapter):
         if self._stopped.is_set():
             return
         endpoint = self.endpoint
-        if endpoint is not None and self._notifiers:
-            now = asyncio.get_running_loop().time()
+        held = self._watchers.held()
+        if endpoint is not None and held and not self._watchers.shared:
+            # one node: tell watchers to come back later; in a cluster the others serve them
+            now = time.time()
             notices = [
                 self._in_dialog(n.dialog, n.notify(now, state="terminated", reason="deactivated"))
-                for n in list(self._notifiers.values())
+                for n in held
             ]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*notices, return_exceptions=True), 1.0)
@@ -476,12 +482,12 @@ class SipAdapter(Adapter):
 
     async def _on_subscribe(self, incoming: Incoming) -> None:
         request = incoming.request
-        now = asyncio.get_running_loop().time()
+        now = time.time()
         to_tag = request.to.tag
         assert self._deliver is not None
         if to_tag is not None:
             key = (request.call_id, to_tag, request.from_.tag or "")
-            notifier = self._notifiers.get(key)
+            notifier = await self._watchers.get(key)  # any node's, in a cluster
             if notifier is None:
                 incoming.respond(481, "Subscription Does Not Exist")
                 return
@@ -502,11 +508,14 @@ class SipAdapter(Adapter):
                     ("Contact", self._contact(incoming.peer.transport)),
                 ),
             )
+            if not await self._reserve(notifier):
+                return  # ended meanwhile (through another node)
             if granted == 0:
                 notice = notifier.notify(now, state="terminated", reason="timeout")
-                del self._notifiers[key]
+                await self._watchers.remove(notifier)
             else:
                 notice = notifier.notify(now)
+                await self._watchers.save(notifier)
             self._in_dialog(notifier.dialog, notice)
             return
         if not self._fronted(request.request_uri):
@@ -538,14 +547,33 @@ class SipAdapter(Adapter):
         if notifier.fetch:
             # RFC 6665 §4.4.3: one NOTIFY, then the subscription ends; wait briefly for the
             # core's answer (the last known state) before sending it without one.
-            self._notifiers[notifier.dialog.key] = notifier
             notifier.expires_at = now + 2.0
+            await self._watchers.save(notifier)
             return
-        self._notifiers[notifier.dialog.key] = notifier
-        self._in_dialog(notifier.dialog, notifier.notify(now))  # pending
+        await self._watchers.save(notifier)
+        if await self._reserve(notifier):
+            self._in_dialog(notifier.dialog, notifier.notify(now))  # pending
 
     def _max_expires(self) -> int:
         return self.settings.max_subscription_expires
+
+    async def _reserve(self, notifier: Notifier) -> bool:
+        """Ready ``notifier`` for its next in-dialog request from this node: a CSeq no other
+        node takes (RFC 3261 §12.2.1.1) and this node's Contact (RFC 6665 §4.2.2: a NOTIFY
+        refreshes the remote target, so the watcher's refreshes follow a live node).
+        False when the subscription is gone."""
+        if not await self._watchers.reserve(notifier):
+            return False
+        if self._watchers.shared and not self.settings.contact_host:
+            contact = hdr.parse_name_addr(notifier.dialog.contact).uri
+            notifier.dialog.contact = self._contact(contact.param("transport") or "UDP")
+        return True
+
+    def share(self, store: SharedStore) -> None:
+        """Keep SIP watchers' subscriptions in the cluster's shared store (called by
+        ``gateway.cluster.watch`` before :meth:`run`): any node can then notify a watcher
+        and answer its refresh, whichever node accepted the SUBSCRIBE (RFC 6665 §4.2)."""
+        self._watchers = SharedWatchers(store)
 
     # -- presence, our users watching SIP users (we are the subscriber)
 
@@ -688,13 +716,27 @@ class SipAdapter(Adapter):
                 elif subscriber.expires_at is not None and now >= subscriber.expires_at:
                     events = subscriber.expire(now)
                     self._after_events(subscriber, events, now)
-            for key, notifier in list(self._notifiers.items()):
-                if now >= notifier.expires_at:
-                    del self._notifiers[key]
-                    notice = notifier.notify(now, state="terminated", reason="timeout")
-                    self._in_dialog(notifier.dialog, notice)
-                    if not notifier.fetch:
-                        self._spawn(self._deliver_unsubscribe(notifier))
+            try:
+                await self._expire_watchers(time.time())
+            except Exception:  # the shared store unreachable: try again next round
+                self.log.exception("expiring SIP watchers' subscriptions failed")
+
+    async def _expire_watchers(self, now: float) -> None:
+        """End SIP watchers' subscriptions that ran out (RFC 6665 §4.2.2); in a cluster,
+        only those not refreshed through another node meanwhile, and by one node."""
+        for held in self._watchers.held():
+            if now < held.expires_at:
+                continue
+            notifier = await self._watchers.expire(held, now)
+            if notifier is None:
+                continue
+            if self._watchers.shared and not self.settings.contact_host:
+                transport = hdr.parse_name_addr(notifier.dialog.contact).uri.param("transport")
+                notifier.dialog.contact = self._contact(transport or "UDP")
+            notice = notifier.notify(now, state="terminated", reason="timeout")
+            self._in_dialog(notifier.dialog, notice)
+            if not notifier.fetch:
+                self._spawn(self._deliver_unsubscribe(notifier))
 
     async def _deliver_unsubscribe(self, notifier: Notifier) -> None:
         assert self._deliver is not None
@@ -828,15 +870,17 @@ class SipAdapter(Adapter):
         presentity = hdr.parse_uri(mapping.sip_address(envelope.sender)).address_of_record
         watcher = hdr.parse_uri(mapping.sip_address(envelope.recipient)).address_of_record
         targets = [
-            (k, n)
-            for k, n in self._notifiers.items()
-            if n.presentity == presentity and (watcher in (n.watcher, presentity))
+            n
+            for n in await self._watchers.of_presentity(presentity)  # any node's, in a cluster
+            if watcher in (n.watcher, presentity)
         ]
         if not targets:
             return Sent(detail="no SIP watcher subscription: nothing to notify")
-        now = asyncio.get_running_loop().time()
+        now = time.time()
         sent = 0
-        for key, notifier in targets:
+        for notifier in targets:
+            if not await self._reserve(notifier):
+                continue  # ended meanwhile
             if envelope.operation is Operation.AUTHORIZE:
                 if envelope.granted:
                     request = notifier.notify(now, state="active")
@@ -855,10 +899,12 @@ class SipAdapter(Adapter):
                     body=None if payload is None else payload.body,
                 )
             if notifier.terminated:
-                self._notifiers.pop(key, None)
+                await self._watchers.remove(notifier)
+            else:
+                await self._watchers.save(notifier)  # state and last document, for refreshes
             response = await self._in_dialog(notifier.dialog, request)
             if response.status == 481 or response.status >= 300:
-                self._notifiers.pop(key, None)
+                await self._watchers.remove(notifier)
                 if response.status != 481:
                     raise delivery_error(response, target=notifier.watcher)
             sent += 1

@@ -13,11 +13,15 @@
   ``Subscription-State`` (``expires`` counting down), refresh, unsubscribe, expiry.
 
 No clock and no socket: ``now`` is passed in; the adapter shell sends what these build.
+A :class:`Notifier` also has a JSON form (:meth:`Notifier.to_json`), so the nodes of a
+cluster can keep a watcher's dialog in a shared store and any of them can notify it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -431,3 +435,63 @@ class Notifier:
     @property
     def terminated(self) -> bool:
         return self.state is SubState.TERMINATED
+
+    def to_json(self) -> str:
+        """Everything but the local CSeq (kept apart, so nodes can take CSeqs atomically):
+        the dialog (RFC 3261 §12), the subscription state, expiry and last state sent."""
+        d = self.dialog
+        body = None if self.last_body is None else base64.b64encode(self.last_body).decode()
+        return json.dumps(
+            {
+                "w": self.watcher,
+                "p": self.presentity,
+                "x": self.expires_at,
+                "s": self.state.value,
+                "t": self.last_content_type,
+                "b": body,
+                "f": self.fetch,
+                "d": [
+                    d.call_id,
+                    d.local_tag,
+                    d.local_uri,
+                    d.remote_uri,
+                    d.remote_target,
+                    d.remote_tag,
+                    list(d.route_set),
+                    d.remote_cseq,
+                    d.contact,
+                ],
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, local_cseq: int) -> Notifier:
+        """The notifier :meth:`to_json` wrote, its next local CSeq above ``local_cseq``."""
+        data = json.loads(text)
+        (call_id, local_tag, local_uri, remote_uri, target, remote_tag, routes, rcseq, contact) = (
+            data["d"]
+        )
+        dialog = Dialog(
+            call_id=call_id,
+            local_tag=local_tag,
+            local_uri=local_uri,
+            remote_uri=remote_uri,
+            remote_target=target,
+            remote_tag=remote_tag,
+            route_set=tuple(routes),
+            local_cseq=local_cseq,
+            remote_cseq=rcseq,
+            contact=contact,
+        )
+        body = data["b"]
+        return cls(
+            watcher=data["w"],
+            presentity=data["p"],
+            dialog=dialog,
+            expires_at=float(data["x"]),
+            state=SubState(data["s"]),
+            last_content_type=data["t"],
+            last_body=None if body is None else base64.b64decode(body),
+            fetch=bool(data["f"]),
+        )
