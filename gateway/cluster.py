@@ -628,6 +628,10 @@ def watch(gateway: Gateway, exclusive: Sequence[str] = ()) -> None:
     store = gateway.store
     if not isinstance(store, RedisStore):
         return
+    for adapter in gateway.adapters.values():
+        share = getattr(adapter, "share", None)  # state every node must see (SIP dialogs)
+        if callable(share):
+            share(store)
     for name in exclusive:
         if name not in gateway.adapters:
             raise ConfigError(
