@@ -7,12 +7,14 @@ clients that send a head one byte a second hold a descriptor each for an hour (a
 request handling: it wraps each connection's protocol object, and
 
 - **refuses connections over** ``max_connections`` as soon as they are accepted: a
-  short ``503 Service Unavailable`` with ``Connection: close`` (RFC 9110 §15.6.4) and the
-  socket closed, so descriptors stay bounded whatever the clients do;
+  short ``503 Service Unavailable`` with ``Retry-After: 1`` and ``Connection: close``
+  (RFC 9110 §15.6.4), its body a problem object (reason ``unavailable``), and the socket
+  closed, so descriptors stay bounded whatever the clients do;
 - **gives every request head** ``header_timeout`` seconds, counted from the connection's
   start or from the end of the previous request on it (an idle keep-alive connection is
   closed then too). A connection that sent part of a head gets ``408 Request Timeout``
-  with ``Connection: close`` first (RFC 9110 §15.5.9); an idle one is closed silently,
+  with ``Connection: close`` first (RFC 9110 §15.5.9; a problem object, reason
+  ``timeout``); an idle one is closed silently,
   so a client that reuses it at that moment does not read a 408 as its answer.
 
 The gate learns that a head is complete from a middleware (:meth:`Gate.track`): aiohttp
@@ -26,6 +28,7 @@ the number since the last line.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,12 +36,41 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from adapters.cpim.mapping import problem
+from canonical.errors import GatewayError, Reason
+
+
+def _answer(status: int, phrase: str, error: GatewayError, headers: str = "") -> bytes:
+    """A whole HTTP/1.1 response with ``error`` as its RFC 9457 problem object, like
+    every other refusal of the API (docs/openapi.yaml), and ``Connection: close``."""
+    body = json.dumps(problem(error, status=status), separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {phrase}\r\nConnection: close\r\n{headers}"
+        f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
 #: The answers the gate writes itself (the application never sees these connections).
-BUSY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n"
-    b"Content-Length: 0\r\n\r\n"
+BUSY = _answer(
+    503,
+    "Service Unavailable",
+    GatewayError(
+        "the gateway has as many connections open as max_connections allows",
+        reason=Reason.UNAVAILABLE,
+        hint="retry after 1 s, or reuse an open connection",
+    ),
+    headers="Retry-After: 1\r\n",
 )
-LATE = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+LATE = _answer(
+    408,
+    "Request Timeout",
+    GatewayError(
+        "the request head did not arrive within header_timeout",
+        reason=Reason.TIMEOUT,
+        hint="send the whole request head at once",
+    ),
+)
 #: How long a closing connection may take to flush and shut down (TLS waits for the
 #: peer's close_notify) before it is aborted.
 CLOSE_GRACE = 1.0
