@@ -490,6 +490,19 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loop_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time so far of the process's main thread, the event loop's;
+    the rest of :func:`cpu_seconds` is the other threads' (above all the SQLite store's
+    commit thread: the WAL write and its fsync)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Outcome:
     rate: float
@@ -500,6 +513,7 @@ class Outcome:
     lag_allowed: float
     sender_failures: int = 0
     gateway_cpu: float = 0.0  # CPU seconds the gateway used during the run
+    loop_cpu: float = 0.0  # of which its event loop's thread
 
     @property
     def lost(self) -> int:
@@ -541,6 +555,7 @@ class Outcome:
             + (f"  sender failures {self.sender_failures}" if self.sender_failures else "")
             + (
                 f"  gateway CPU {self.gateway_cpu / max(self.tally.unique, 1) * 1e6:.0f} µs/msg"
+                f" (loop {self.loop_cpu / max(self.tally.unique, 1) * 1e6:.0f})"
                 if self.gateway_cpu
                 else ""
             )
@@ -568,9 +583,11 @@ async def measure(
         outcome: Outcome | None = None
         for _ in range(retries + 1):
             before = cpu_seconds(gateway_pid())
+            before_loop = loop_cpu_seconds(gateway_pid())
             outcome = await run(rate)
             assert outcome is not None
             outcome.gateway_cpu = cpu_seconds(gateway_pid()) - before if gateway_pid() else 0.0
+            outcome.loop_cpu = loop_cpu_seconds(gateway_pid()) - before_loop
             steps.append(outcome)
             print("  " + outcome.line(), flush=True)
             if outcome.sustained:
@@ -582,9 +599,11 @@ async def measure(
     half = None
     if best is not None:
         before = cpu_seconds(gateway_pid())
+        before_loop = loop_cpu_seconds(gateway_pid())
         half = await run(best.rate / 2)
         assert half is not None
         half.gateway_cpu = cpu_seconds(gateway_pid()) - before if gateway_pid() else 0.0
+        half.loop_cpu = loop_cpu_seconds(gateway_pid()) - before_loop
         print("  at half the best rate: " + half.line(), flush=True)
     return PathResult(name, best, half, steps)
 
