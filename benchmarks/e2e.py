@@ -697,7 +697,8 @@ async def main_async(options: argparse.Namespace) -> int:
     ) as running:
         if options.profile:
             running.stop_gateway()
-            running.gateway = ServerProcess(
+            assert running.gateway is not None
+            running.gateway.process = ServerProcess(
                 "cpimgw",
                 [
                     sys.executable, "-c", PROFILED, options.profile, str(running.config),
