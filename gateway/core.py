@@ -217,6 +217,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._dispatch(), name="dispatch"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         await self._resubscribe()
+        self._tasks.append(asyncio.create_task(self._resend_reports(), name="reports"))
 
     async def _run_adapter(self, name: str, adapter: Adapter) -> None:
         try:
@@ -719,11 +720,16 @@ class Gateway:
                 reason=Reason.EXPIRED,
                 hint="the recipient's network did not take it in time",
             )
+        # the report owed to the sender is written with the failure: a crash before the
+        # origin adapter took it leaves it owed, and the next start sends it
+        owed = final.reason.value if self._owes_report(entry.envelope) else None
         try:
-            await self.store.fail(entry.id, error=str(final), now=now)
+            await self.store.fail(entry.id, error=str(final), now=now, report=owed)
         except Exception as exc:  # noqa: BLE001 - retried until the store takes it
             if not await self._store_retry(
-                "fail", lambda: self.store.fail(entry.id, error=str(final), now=now), exc
+                "fail",
+                lambda: self.store.fail(entry.id, error=str(final), now=now, report=owed),
+                exc,
             ):
                 return
         self.counters.failed += 1
@@ -739,7 +745,7 @@ class Gateway:
         )
         if entry.envelope.operation is Operation.SUBSCRIBE:
             await self._abandon_subscription(entry.envelope, now)
-        await self._report(entry.envelope, final)
+        await self._report(entry.envelope, final, entry.id if owed else None)
 
     async def _abandon_subscription(self, envelope: Envelope, now: float) -> None:
         """A SUBSCRIBE that never reached the presentity leaves no pending subscription."""
@@ -750,17 +756,27 @@ class Gateway:
         await self.store.commit(Commit("", now, ended=effects.ended))
         self.book.apply(effects)
 
-    async def _report(self, envelope: Envelope, error: GatewayError) -> None:
-        """Tell the sender, through the adapter it came from; never report a report."""
-        if REPORT_REASON in envelope.attributes:
+    def _owes_report(self, envelope: Envelope) -> bool:
+        """Whether a final failure of ``envelope`` is reported to its sender: messages
+        and subscriptions from a configured adapter, never a report itself nor what this
+        gateway produced (nobody to tell)."""
+        return (
+            REPORT_REASON not in envelope.attributes
+            and envelope.operation in (Operation.MESSAGE, Operation.SUBSCRIBE)
+            and envelope.origin.peer != "cpimgw"
+            and envelope.origin.adapter in self.adapters
+        )
+
+    async def _report(
+        self, envelope: Envelope, error: GatewayError, owed: str | None = None
+    ) -> None:
+        """Tell the sender, through the adapter it came from; never report a report.
+        ``owed``: the failed entry keeping the report in the store; it is marked
+        reported once the adapter took the report (else it stays owed for the next
+        start)."""
+        if not self._owes_report(envelope):
             return
-        if envelope.operation not in (Operation.MESSAGE, Operation.SUBSCRIBE):
-            return
-        if envelope.origin.peer == "cpimgw":  # produced by this gateway, nobody to tell
-            return
-        origin = self.adapters.get(envelope.origin.adapter)
-        if origin is None:
-            return
+        origin = self.adapters[envelope.origin.adapter]
         if "negative-delivery" in envelope.attributes.get(IMDN_REQUEST, ""):
             envelope = envelope.replace(attributes={**envelope.attributes, REPORT_IMDN: "failed"})
         try:
@@ -774,6 +790,41 @@ class Gateway:
             return
         self.counters.reported += 1
         self.metrics.reports.labels(origin.name, "sent").inc()
+        if owed is not None:
+            try:
+                await self.store.reported(owed)
+            except Exception as exc:  # noqa: BLE001 - it stays owed: sent again at start
+                self._store_trouble("reported", exc)
+
+    async def _resend_reports(self) -> None:
+        """At start: the failure reports still owed (a crash or an adapter error came
+        between giving up and reporting) go to their senders now, from the stored
+        envelope and error, so a resend is the same report (at-least-once)."""
+        try:
+            owed = await self.store.reports()
+        except Exception as exc:  # noqa: BLE001 - they stay owed for the next start
+            self._store_trouble("reports", exc)
+            return
+        if owed:
+            self.log.info("sending failure reports still owed", extra={"count": len(owed)})
+        for entry in owed:
+            if not self._owes_report(entry.envelope):  # its adapter is gone
+                self.log.warning(
+                    "a failure report is owed through an adapter no longer configured",
+                    extra={
+                        "adapter": entry.envelope.origin.adapter,
+                        "identity": entry.envelope.identity,
+                    },
+                )
+                continue
+            try:
+                reason = Reason(entry.report or "")
+            except ValueError:
+                reason = Reason.INTERNAL
+            error = DeliveryError(
+                entry.last_error or "not delivered", retryable=False, reason=reason
+            )
+            await self._report(entry.envelope, error, entry.id)
 
     # -- housekeeping -------------------------------------------------------------
 
