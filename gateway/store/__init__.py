@@ -17,6 +17,11 @@ Semantics every implementation keeps:
 - :meth:`Store.claim` hands out due pending entries; an entry is claimed by one node at a
   time until it is completed, rescheduled or failed, or until that node dies (then it is
   handed out again: at-least-once, with the same identity).
+- A failure report owed to a sender is kept with the failed entry (``fail(report=)``)
+  until :meth:`Store.reported`, so a crash between giving up and reporting leaves it
+  owed, and the next start sends it (at-least-once: a crash after the adapter took it
+  and before ``reported`` sends it again, from the same stored envelope). A requeue or
+  a drop by the operator cancels it.
 - Entries are never silently removed: they are completed (delivered), failed (kept for
   the operator, ``cpimgw queue``), or dropped by the operator.
 - :meth:`Store.outcome` tells what became of an identity (:func:`outcome_of` decides
@@ -94,6 +99,9 @@ class Entry:
     created_at: float
     expires_at: float
     last_error: str | None = None
+    #: A failed entry whose failure report the sender has not been handed yet: the
+    #: reason (``Reason`` value) to report; None when no report is owed.
+    report: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +146,20 @@ class Store(Protocol):
         """Try the entry again at ``next_at`` (backoff decided by the core)."""
         ...
 
-    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
-        """Give the entry up; it stays visible to the operator as failed."""
+    async def fail(
+        self, entry_id: str, *, error: str, now: float, report: str | None = None
+    ) -> None:
+        """Give the entry up; it stays visible to the operator as failed. With
+        ``report`` (the failure's ``Reason`` value) a failure report to the sender is
+        owed, written in the same step, until :meth:`reported` (RFC 3860 §3.4.1)."""
+        ...
+
+    async def reports(self, limit: int = 1000) -> list[Entry]:
+        """Failed entries whose failure report is still owed (oldest first)."""
+        ...
+
+    async def reported(self, entry_id: str) -> None:
+        """The failure report of the entry was handed to its origin adapter."""
         ...
 
     async def entries(self, state: EntryState | None = None, limit: int = 100) -> list[Entry]:

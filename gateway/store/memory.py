@@ -7,6 +7,7 @@ it acknowledges messages it may lose; ``cpimgw run`` says so in its log at start
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 from collections.abc import Sequence
@@ -108,14 +109,27 @@ class MemoryStore:
         self._entries[entry_id] = _replace(entry, next_at=next_at, attempts=attempts, error=error)
         heapq.heappush(self._due, (next_at, int(entry_id), entry_id))
 
-    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
+    async def fail(
+        self, entry_id: str, *, error: str, now: float, report: str | None = None
+    ) -> None:
         self._claimed.discard(entry_id)
         entry = self._entries.get(entry_id)
         if entry is None:
             return
-        self._entries[entry_id] = _replace(
+        failed = _replace(
             entry, next_at=now, attempts=entry.attempts, error=error, state=EntryState.FAILED
         )
+        self._entries[entry_id] = dataclasses.replace(failed, report=report)
+
+    async def reports(self, limit: int = 1000) -> list[Entry]:
+        owed = [e for e in self._entries.values() if e.report is not None]
+        owed.sort(key=lambda e: int(e.id))
+        return owed[:limit]
+
+    async def reported(self, entry_id: str) -> None:
+        entry = self._entries.get(entry_id)
+        if entry is not None and entry.report is not None:
+            self._entries[entry_id] = dataclasses.replace(entry, report=None)
 
     async def entries(self, state: EntryState | None = None, limit: int = 100) -> list[Entry]:
         found = [e for e in self._entries.values() if state is None or e.state is state]

@@ -331,7 +331,8 @@ local function reschedule(keys, a)
   return 1
 end
 
--- fail(P, id, held_target, held_sid, error, now, window_ms)
+-- fail(P, id, held_target, held_sid, error, now, window_ms[, report]): with a report
+-- reason, the failure report owed to the sender is kept with the entry (set 'reports')
 local function fail(keys, a)
   local P, id = a[1], a[2]
   forget_message(P, a[3], a[4])
@@ -343,6 +344,20 @@ local function fail(keys, a)
   redis.call('HDEL', e, 'sid')
   redis.call('HSET', e, 'state', 'failed', 'last_error', a[5], 'next_at', a[6])
   redis.call('ZADD', P .. 'failed', id, id)
+  if a[8] and a[8] ~= '' then
+    redis.call('HSET', e, 'report', a[8])
+    redis.call('ZADD', P .. 'reports', id, id)
+  end
+  return 1
+end
+
+-- reported(P, id): the failure report of the entry was handed to its origin adapter
+local function reported(keys, a)
+  local P, id = a[1], a[2]
+  redis.call('ZREM', P .. 'reports', id)
+  if redis.call('EXISTS', P .. 'e:' .. id) == 1 then
+    redis.call('HDEL', P .. 'e:' .. id, 'report')
+  end
   return 1
 end
 
@@ -362,6 +377,8 @@ local function requeue(keys, a)
     end
     if f[1] == 'failed' then
       redis.call('ZREM', P .. 'failed', id)
+      redis.call('ZREM', P .. 'reports', id)
+      redis.call('HDEL', e, 'report')
       redis.call('ZADD', P .. 'pending', id, id)
       redis.call('HINCRBY', P .. 'targets', f[3], 1)
       redis.call('HSET', e, 'state', 'pending', 'next_at', now, 'attempts', '0')
@@ -389,6 +406,7 @@ local function drop(keys, a)
       end
       unqueue(P, a[k], f)
       redis.call('DEL', e)
+      redis.call('ZREM', P .. 'reports', a[k])
       n = n + 1
     end
   end
@@ -554,6 +572,7 @@ register('requeue_claims', requeue_claims, {})
 register('complete', complete, {})
 register('reschedule', reschedule, {})
 register('fail', fail, {})
+register('reported', reported, {})
 register('requeue', requeue, {})
 register('drop', drop, {})
 register('stats', stats, {'no-writes'})
@@ -1157,7 +1176,9 @@ class RedisStore:
         )
         self._held.pop(entry_id, None)
 
-    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
+    async def fail(
+        self, entry_id: str, *, error: str, now: float, report: str | None = None
+    ) -> None:
         await self._fn(
             "fail",
             entry_id,
@@ -1165,8 +1186,16 @@ class RedisStore:
             error,
             _num(now),
             self._window_ms,
+            report or "",
         )
         self._held.pop(entry_id, None)
+
+    async def reports(self, limit: int = 1000) -> list[Entry]:
+        ids = await self._direct("ZRANGE", self.prefix + "reports", 0, limit - 1)
+        return await self._read_entries([int(i) for i in ids])
+
+    async def reported(self, entry_id: str) -> None:
+        await self._fn("reported", entry_id)
 
     async def check(self) -> None:
         """Raise while Redis does not answer (the gateway's probe of a failing store)."""
@@ -1194,7 +1223,9 @@ class RedisStore:
         ids: list[int] = []
         for one in states:
             ids += await self._ids(one, limit)
-        ids = sorted(ids)[:limit]
+        return await self._read_entries(sorted(ids)[:limit])
+
+    async def _read_entries(self, ids: list[int]) -> list[Entry]:
         pipe = self.client.pipeline(transaction=False)
         for entry_id in ids:
             pipe.execute_command("HGETALL", f"{self.prefix}e:{entry_id}")
@@ -1218,6 +1249,7 @@ class RedisStore:
                     created_at=float(f["created_at"]),
                     expires_at=float(f["expires_at"]),
                     last_error=_text(f["last_error"]) if "last_error" in f else None,
+                    report=_text(f["report"]) if "report" in f else None,
                 )
             )
         return out

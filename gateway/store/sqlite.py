@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS dropped (
 """
 
 _ENTRY_COLUMNS = (
-    "id, target, state, attempts, next_at, created_at, expires_at, last_error, meta, body"
+    "id, target, state, attempts, next_at, created_at, expires_at, last_error, meta, body, report"
 )
 
 
@@ -180,7 +180,7 @@ def decode_envelope(meta: str, body: bytes | None) -> Envelope:
 
 
 def _entry(row: Sequence[Any]) -> Entry:
-    entry_id, target, state, attempts, next_at, created_at, expires_at, error, meta, body = row
+    entry_id, target, state, attempts, next_at, created_at, expires_at, error, meta, body = row[:10]
     return Entry(
         id=str(entry_id),
         target=str(target),
@@ -191,6 +191,7 @@ def _entry(row: Sequence[Any]) -> Entry:
         created_at=float(created_at),
         expires_at=float(expires_at),
         last_error=error,
+        report=row[10],
     )
 
 
@@ -227,6 +228,9 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> 
         )
     conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
     conn.executescript(_SCHEMA)
+    columns = {str(c[1]) for c in conn.execute("PRAGMA table_info(queue)")}
+    if "report" not in columns:  # added in place: a failure report still owed (reason)
+        conn.execute("ALTER TABLE queue ADD COLUMN report TEXT")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
     if row is None:
         conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -766,13 +770,31 @@ class SqliteStore:
 
         await self._submit(write, after)
 
-    async def fail(self, entry_id: str, *, error: str, now: float) -> None:
+    async def fail(
+        self, entry_id: str, *, error: str, now: float, report: str | None = None
+    ) -> None:
         self._claimed.discard(entry_id)
         await self._submit(
             lambda c: c.execute(
-                "UPDATE queue SET state = 'failed', last_error = ?, next_at = ? WHERE id = ?",
-                (error, now, int(entry_id)),
+                "UPDATE queue SET state = 'failed', last_error = ?, next_at = ?, report = ?"
+                " WHERE id = ?",
+                (error, now, report, int(entry_id)),
             )
+        )
+
+    async def reports(self, limit: int = 1000) -> list[Entry]:
+        rows = await self._submit(
+            lambda c: c.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue"  # noqa: S608
+                " WHERE state = 'failed' AND report IS NOT NULL ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    async def reported(self, entry_id: str) -> None:
+        await self._submit(
+            lambda c: c.execute("UPDATE queue SET report = NULL WHERE id = ?", (int(entry_id),))
         )
 
     async def entries(self, state: EntryState | None = None, limit: int = 100) -> list[Entry]:
@@ -802,7 +824,7 @@ class SqliteStore:
             ]
             marks = ",".join("?" * len(chosen))
             conn.execute(
-                f"UPDATE queue SET state = 'pending', next_at = ?, attempts = 0"  # noqa: S608
+                f"UPDATE queue SET state = 'pending', next_at = ?, attempts = 0, report = NULL"  # noqa: S608
                 f" WHERE id IN ({marks})",
                 [now, *chosen],
             )

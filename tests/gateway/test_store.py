@@ -43,6 +43,43 @@ def commit_of(text: str, at: float = 1000.0, target: str = "sip") -> Commit:
     return Commit(identity=env.identity, at=at, entries=(Outbound(target, env, at + 60),))
 
 
+async def test_failure_reports_owed_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    store = SqliteStore(path, synchronous="normal")
+    await store.open()
+    await store.commit(commit_of("crash"))
+    [entry] = await store.claim(1000.0, 10)
+    await store.fail(entry.id, error="gone", now=1001.0, report="not-found")
+    await store.close()
+    again = SqliteStore(path, synchronous="normal")
+    await again.open()
+    try:
+        [owed] = await again.reports()
+        assert (owed.id, owed.report) == (entry.id, "not-found")
+    finally:
+        await again.close()
+
+
+async def test_a_store_file_without_the_report_column_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    store = SqliteStore(path, synchronous="normal")
+    await store.open()
+    await store.commit(commit_of("old"))
+    await store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE queue DROP COLUMN report")
+    conn.commit()
+    conn.close()
+    again = SqliteStore(path, synchronous="normal")
+    await again.open()
+    try:
+        [entry] = await again.claim(1000.0, 10)
+        await again.fail(entry.id, error="gone", now=1001.0, report="expired")
+        assert [e.id for e in await again.reports()] == [entry.id]
+    finally:
+        await again.close()
+
+
 def test_envelope_encoding_keeps_payload_bytes_exactly() -> None:
     env = message(text="bin")
     env = env.replace(payload=Payload("application/octet-stream", bytes(range(256))))
@@ -100,6 +137,33 @@ async def test_failed_entry_is_kept_and_can_be_requeued(store: Store) -> None:
     [back] = await store.claim(1003.0, 10)
     assert back.id == entry.id
     assert back.attempts == 0
+
+
+async def test_failure_report_is_owed_until_reported(store: Store) -> None:
+    await store.commit(commit_of("owed"))
+    await store.commit(commit_of("silent"))
+    first, second = await store.claim(1000.0, 10)
+    await store.fail(first.id, error="gone", now=1001.0, report="unavailable")
+    await store.fail(second.id, error="gone too", now=1001.0)
+    [owed] = await store.reports()
+    assert (owed.id, owed.report, owed.last_error) == (first.id, "unavailable", "gone")
+    assert owed.envelope == first.envelope
+    await store.reported(first.id)
+    await store.reported(first.id)  # twice is harmless
+    assert await store.reports() == []
+    [kept, _] = await store.entries(EntryState.FAILED)
+    assert kept.report is None
+
+
+async def test_requeue_or_drop_cancels_an_owed_report(store: Store) -> None:
+    for text in ("a", "b"):
+        await store.commit(commit_of(text))
+    first, second = await store.claim(1000.0, 10)
+    for entry in (first, second):
+        await store.fail(entry.id, error="gone", now=1001.0, report="expired")
+    assert await store.requeue([first.id], now=1002.0) == 1
+    assert await store.drop([second.id]) == 1
+    assert await store.reports() == []
 
 
 async def test_drop_removes_entries_for_good(store: Store) -> None:

@@ -1,0 +1,86 @@
+"""A failure report owed to a sender outlives a crash (RFC 3860 §3.4.1): the store keeps
+it with the failed entry until the origin adapter took it, and the next start sends it,
+once, from the stored envelope and reason."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from adapters.contract import AdapterContext
+from adapters.memory import MemoryAdapter, MemoryConfig
+from canonical.envelope import Envelope
+from canonical.errors import DeliveryError, GatewayError, Reason
+from gateway.store.sqlite import SqliteStore
+from tests.gateway.network import adapter, build, until
+from tests.gateway.samples import message
+
+
+class DownAdapter(MemoryAdapter):
+    """A network whose reports cannot be sent (its link went down)."""
+
+    async def report(self, envelope: Envelope, error: GatewayError) -> None:
+        raise DeliveryError("the link is down", retryable=True, reason=Reason.UNAVAILABLE)
+
+
+def networks(xmpp: MemoryAdapter) -> dict[str, MemoryAdapter]:
+    context = AdapterContext(gateway_id="gw")
+    return {"xmpp": xmpp, "sip": MemoryAdapter("sip", MemoryConfig(), context)}
+
+
+async def test_a_report_the_sender_did_not_get_is_sent_after_restart_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.db"
+    env = message(text="to nobody")
+    down = DownAdapter("xmpp", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    async with build(path=path, adapters=networks(down)) as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(
+            DeliveryError("no such user", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+        )
+        await down.inject(env)
+        await gw.settle()
+        assert gw.counters.failed == 1
+        assert gw.counters.reported == 0
+    # the next start: the sender's network is back
+    up = MemoryAdapter("xmpp", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    async with build(path=path, adapters=networks(up)) as gw:
+        await up.wait_sent(1)
+        [(reported, error)] = up.reports
+        assert reported.identity == env.identity
+        assert error.reason is Reason.UNKNOWN_DESTINATION
+        assert "no such user" in str(error)
+        await until(lambda: gw.counters.reported == 1)
+    # and the one after sends nothing again
+    again = MemoryAdapter("xmpp", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    async with build(path=path, adapters=networks(again)) as gw:
+        await gw.settle()
+        assert again.reports == []
+        store = gw.store
+        assert isinstance(store, SqliteStore)
+        assert await store.reports() == []
+        [failed] = await store.entries()
+        assert failed.envelope.identity == env.identity
+
+
+async def test_a_report_taken_at_once_is_not_owed(tmp_path: Path) -> None:
+    async with build(path=tmp_path / "q.db") as gw:
+        adapter(gw, "sip").fail_next(DeliveryError("gone", retryable=False))
+        await adapter(gw, "xmpp").inject(message(text="once"))
+        await adapter(gw, "xmpp").wait_sent(1)
+        await until(lambda: gw.counters.reported == 1)
+        await until(
+            lambda: (
+                gw.metrics.registry.get_sample_value(
+                    "cpimgw_reports_total", {"adapter": "xmpp", "result": "sent"}
+                )
+                == 1.0
+            )
+        )
+        assert len(await gw.store.entries()) == 1
+        for _ in range(50):
+            if not await gw.store.reports():
+                break
+            await asyncio.sleep(0.01)
+        assert await gw.store.reports() == []
