@@ -49,6 +49,7 @@ from adapters.sip.codec import Limits, Request, Response
 from adapters.sip.digest import Credential, DigestClient, DigestServer
 from adapters.sip.endpoint import Endpoint, Incoming, new_tag
 from adapters.sip.mapping import BodyRoute, SipMapper, delivery_error, error_response
+from adapters.sip.subscribers import ClusterStore, Intent, SharedSubscriptions, Subscriptions
 from adapters.sip.subscription import (
     Authorized,
     Dialog,
@@ -60,7 +61,7 @@ from adapters.sip.subscription import (
 )
 from adapters.sip.transaction import Timers
 from adapters.sip.transport import Peer
-from adapters.sip.watchers import SharedStore, SharedWatchers, Watchers
+from adapters.sip.watchers import SharedWatchers, Watchers
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import (
     AdapterError,
@@ -73,6 +74,9 @@ from canonical.errors import (
 )
 from canonical.policy import KIB
 from canonical.presence import parse_pidf
+
+#: Seconds before a failed re-subscription of a recorded subscription is tried again.
+KEEP_RETRY = 30.0
 
 #: Methods the adapter serves (everything else: 405 or 501 from the endpoint).
 METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "OPTIONS"})
@@ -250,6 +254,10 @@ class SipAdapter(Adapter):
         #: SIP watchers' subscriptions (we are the notifier); shared by a cluster's nodes
         #: once :meth:`share` gave it the store. Their times are wall-clock seconds.
         self._watchers: Watchers = Watchers()
+        #: the subscriptions we hold, recorded in the cluster's store once :meth:`share`
+        #: gave it, so a surviving node takes them over (adapters/sip/subscribers.py)
+        self._intents: Subscriptions = Subscriptions()
+        self._adopted = False  # this node's recorded subscriptions made again after start
         self._housekeeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chains: dict[tuple[str, str], asyncio.Task[Response]] = {}
@@ -360,6 +368,16 @@ class SipAdapter(Adapter):
             ]
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.gather(*notices, return_exceptions=True), 1.0)
+        if endpoint is not None and self._intents.shared and self._subscribers:
+            # a cluster: end our dialogs, keep their records; once this node's heartbeat is
+            # gone a surviving node takes them and subscribes again (docs/scaling.md)
+            ends = [
+                self._in_dialog(s.dialog, request)
+                for s in list(self._subscribers.values())
+                if s.dialog is not None and (request := s.unsubscribe_request()) is not None
+            ]
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*ends, return_exceptions=True), 1.0)
         if self._housekeeper is not None:
             self._housekeeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -569,11 +587,14 @@ class SipAdapter(Adapter):
             notifier.dialog.contact = self._contact(contact.param("transport") or "UDP")
         return True
 
-    def share(self, store: SharedStore) -> None:
+    def share(self, store: ClusterStore) -> None:
         """Keep SIP watchers' subscriptions in the cluster's shared store (called by
         ``gateway.cluster.watch`` before :meth:`run`): any node can then notify a watcher
-        and answer its refresh, whichever node accepted the SUBSCRIBE (RFC 6665 §4.2)."""
+        and answer its refresh, whichever node accepted the SUBSCRIBE (RFC 6665 §4.2).
+        Record our own subscriptions there too, so a surviving node takes over a dead
+        node's (RFC 6665 §4.1: a new dialog for the same watcher and presentity)."""
         self._watchers = SharedWatchers(store)
+        self._intents = SharedSubscriptions(store)
 
     # -- presence, our users watching SIP users (we are the subscriber)
 
@@ -653,21 +674,84 @@ class SipAdapter(Adapter):
                 key = (subscriber.watcher, subscriber.presentity)
                 if self._subscribers.get(key) is subscriber:
                     del self._subscribers[key]
-                if event.retry_at is not None and not subscriber.unsubscribing:
+                if subscriber.unsubscribing:
+                    continue
+                if event.retry_at is not None:
                     self.count("sip_resubscribes_total", reason=str(event.reason))
                     self._spawn(self._resubscribe(subscriber, event.retry_at - now))
+                elif self._intents.shared:  # over for good (§4.1.3): its record too
+                    self._spawn(self._forget(key))
 
     async def _resubscribe(self, old: Subscriber, delay: float) -> None:
+        await self._keep(Intent(old.watcher, old.presentity, old.owner, old.expires), delay)
+
+    async def _keep(self, intent: Intent, delay: float = 0.0) -> None:
+        """Subscribe for ``intent`` again after ``delay`` seconds (RFC 6665 §4.1.3), if this
+        node still holds it (in a cluster another node may have ended or taken it); a
+        retryable failure is tried again later, a final one ends the record."""
         await asyncio.sleep(max(0.0, delay))
-        key = (old.watcher, old.presentity)
+        key = intent.key
         if key in self._subscribers or self._stopped.is_set():
             return
         try:
+            if not await self._intents.holds(key):
+                return
             await self._subscribe(
-                old.watcher, old.presentity, old.expires, identity=None, owner=old.owner
+                intent.watcher,
+                intent.presentity,
+                intent.expires,
+                identity=None,
+                owner=intent.owner,
+                kept=True,
             )
         except GatewayError as exc:
-            self.log.warning("re-subscribing %s to %s failed: %s", old.watcher, old.presentity, exc)
+            self.log.warning(
+                "re-subscribing %s to %s failed: %s", intent.watcher, intent.presentity, exc
+            )
+            retryable = isinstance(exc, DeliveryError) and exc.retryable
+            if retryable and self._intents.shared and not self._stopped.is_set():
+                after = exc.retry_after if isinstance(exc, DeliveryError) else None
+                wait = max(KEEP_RETRY, after or 0.0)
+                self._spawn(self._keep(intent, wait))
+
+    async def _forget(self, key: tuple[str, str]) -> None:
+        try:
+            await self._intents.forget(key, only_mine=True)
+        except GatewayError as exc:
+            self.log.warning("the record of the ended subscription %s stays: %s", key, exc)
+
+    async def _end(self, subscriber: Subscriber) -> None:
+        """End our dialog with ``Expires: 0`` (RFC 6665 §4.1.2.3), without re-subscribing."""
+        request = subscriber.unsubscribe_request()
+        if request is None or subscriber.dialog is None:
+            key = (subscriber.watcher, subscriber.presentity)
+            if self._subscribers.get(key) is subscriber:
+                del self._subscribers[key]
+            return
+        with contextlib.suppress(GatewayError):
+            response = await self._in_dialog(subscriber.dialog, request)
+            subscriber.on_response(response, asyncio.get_running_loop().time())
+
+    async def _check_subscriptions(self) -> None:
+        """A cluster's subscriptions (adapters/sip/subscribers.py): after a start, subscribe
+        again for what this node's name still holds; end the dialogs whose subscription
+        another node ended or took; take over dead nodes' subscriptions with new dialogs."""
+        if not self._adopted:
+            for intent in await self._intents.mine():
+                if intent.key not in self._subscribers:
+                    self._spawn(self._keep(intent))
+            self._adopted = True
+        for key in await self._intents.taken_from_me():
+            subscriber = self._subscribers.get(key)
+            if subscriber is not None:
+                self._spawn(self._end(subscriber))
+        taken = await self._intents.take_orphans()
+        if taken:
+            self.log.warning("taking over %d SIP subscriptions of a dead node", len(taken))
+        for intent in taken:
+            self.count("sip_subscriptions_taken_over_total")
+            if intent.key not in self._subscribers:
+                self._spawn(self._keep(intent))
 
     async def _subscribe(
         self,
@@ -677,7 +761,11 @@ class SipAdapter(Adapter):
         *,
         identity: str | None,
         owner: str = "",
+        kept: bool = False,
     ) -> Sent:
+        """An initial SUBSCRIBE (RFC 6665 §4.1.2.1), recorded in a cluster's store first;
+        a failure ends the record, unless ``kept`` (a re-subscription of a recorded one)
+        and retryable: then the caller tries again."""
         assert self.endpoint is not None
         word = mapping.call_id_word
         call_id = (
@@ -692,15 +780,25 @@ class SipAdapter(Adapter):
             contact=self._contact(self.proxy.transport),
             expires=expires,
         )
-        self._subscribers[(watcher, presentity)] = subscriber
+        key = (watcher, presentity)
+        await self._intents.record(Intent(watcher, presentity, owner, expires))
+        self._subscribers[key] = subscriber
         request = subscriber.initial_request()
-        response = await self.endpoint.request(request, self.proxy, digest=self._digest)
+        try:
+            response = await self.endpoint.request(request, self.proxy, digest=self._digest)
+        except GatewayError:
+            if self._subscribers.get(key) is subscriber:
+                del self._subscribers[key]
+            raise
         now = asyncio.get_running_loop().time()
         events = subscriber.on_response(response, now)
         if response.status >= 300:
-            if self._subscribers.get((watcher, presentity)) is subscriber:
-                del self._subscribers[(watcher, presentity)]
-            raise delivery_error(response, target=presentity)
+            if self._subscribers.get(key) is subscriber:
+                del self._subscribers[key]
+            error = delivery_error(response, target=presentity)
+            if not (kept and error.retryable):
+                await self._forget(key)
+            raise error
         self._after_events(subscriber, events, now)
         return Sent(native_id=subscriber.call_id, detail=f"{response.status} {response.reason}")
 
@@ -720,6 +818,11 @@ class SipAdapter(Adapter):
                 await self._expire_watchers(time.time())
             except Exception:  # the shared store unreachable: try again next round
                 self.log.exception("expiring SIP watchers' subscriptions failed")
+            if self._intents.due(now):
+                try:
+                    await self._check_subscriptions()
+                except Exception:  # the shared store unreachable: try again next round
+                    self.log.exception("checking the cluster's SIP subscriptions failed")
 
     async def _expire_watchers(self, now: float) -> None:
         """End SIP watchers' subscriptions that ran out (RFC 6665 §4.2.2); in a cluster,
@@ -832,28 +935,38 @@ class SipAdapter(Adapter):
         if op is Operation.MESSAGE:
             return await self._send_message(envelope)
         if op is Operation.SUBSCRIBE:
-            duration = envelope.duration
-            expires = self.settings.subscription_expires if duration is None else duration
-            return await self._subscribe(
-                self._watcher(envelope),
-                mapping.sip_address(envelope.recipient),
-                expires,
-                identity=envelope.identity,
-                owner=envelope.sender,
-            )
+            return await self._subscribe_for(envelope)
         if op is Operation.UNSUBSCRIBE:
             return await self._unsubscribe(envelope)
         if op in (Operation.NOTIFY, Operation.AUTHORIZE):
             return await self._notify_watchers(envelope)
         raise MappingError(f"operation {op} has no SIP form", reason=Reason.UNSUPPORTED_FEATURE)
 
+    async def _subscribe_for(self, envelope: Envelope) -> Sent:
+        watcher = self._watcher(envelope)
+        presentity = mapping.sip_address(envelope.recipient)
+        if envelope.attributes.get("subscription.refresh") == "restart":
+            # the core's re-subscription after a start: a node of the cluster that holds
+            # it already (or takes it over from a dead one) keeps its dialog
+            holder = await self._intents.holder((watcher, presentity))
+            if holder is not None:
+                return Sent(detail=f"the SIP subscription is held by node {holder}")
+        duration = envelope.duration
+        expires = self.settings.subscription_expires if duration is None else duration
+        return await self._subscribe(
+            watcher, presentity, expires, identity=envelope.identity, owner=envelope.sender
+        )
+
     def _watcher(self, envelope: Envelope) -> str:
         return str(hdr.parse_uri(mapping.sip_address(envelope.sender)).address_of_record)
 
     async def _unsubscribe(self, envelope: Envelope) -> Sent:
         key = (self._watcher(envelope), mapping.sip_address(envelope.recipient))
+        holder = await self._intents.forget(key)  # in a cluster: whichever node holds it
         subscriber = self._subscribers.get(key)
         if subscriber is None:
+            if holder is not None:
+                return Sent(detail=f"the SIP subscription held by node {holder} ends there")
             return Sent(detail="no SIP subscription to end")
         request = subscriber.unsubscribe_request()
         if request is None or subscriber.dialog is None:
