@@ -266,6 +266,12 @@ class Adapter(ABC):
         """True while connected and able to send (``/readyz``)."""
         return True
 
+    def not_ready_reason(self) -> str | None:
+        """Why :meth:`ready` is False, with the likely fix, for ``/readyz`` (e.g. "the
+        XMPP server refused component ...; check the component secret ..."); None when
+        ready or when there is nothing more to say. Optional: the default says nothing."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class AdapterInfo:
