@@ -2,7 +2,8 @@
 
 - ``/healthz``: 200 while the process serves its event loop (liveness).
 - ``/readyz``: 200 when the store is open, the gateway accepts work and every adapter is
-  ready; otherwise 503. The JSON body lists each component, so a failing probe says why.
+  ready; otherwise 503. The JSON body lists each component, so a failing probe says why;
+  ``reasons`` (present when an adapter is down and says why) names the cause and its fix.
 - ``/metrics``: the Prometheus text format of the gateway's registry.
 """
 
@@ -39,7 +40,16 @@ class HealthServer:
     async def readyz(self, _: web.Request) -> web.Response:
         state = self.gateway.ready()
         ok = all(state.values())
-        body = json.dumps({"ready": ok, "components": state}, sort_keys=True) + "\n"
+        answer: dict[str, object] = {"ready": ok, "components": state}
+        reasons = {
+            f"adapter:{name}": reason
+            for name, adapter in self.gateway.adapters.items()
+            if not state.get(f"adapter:{name}", True)
+            and (reason := adapter.not_ready_reason()) is not None
+        }
+        if reasons:  # why an adapter is down and what to fix (Adapter.not_ready_reason)
+            answer["reasons"] = reasons
+        body = json.dumps(answer, sort_keys=True) + "\n"
         return web.Response(text=body, status=200 if ok else 503, content_type="application/json")
 
     async def metrics(self, _: web.Request) -> web.Response:
