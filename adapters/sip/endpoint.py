@@ -98,6 +98,7 @@ class _Server:
     link: Link | None
     reply_to: Peer
     when: float | None = None  # the transaction's next deadline, as filed in the wheel
+    datagram: bytes | None = None  # the request as received over UDP (retransmissions match it)
 
 
 @dataclass(slots=True)
@@ -173,6 +174,7 @@ class Endpoint:
         self.transports = Transports(
             on_message=self._on_message,
             on_garbage=self._on_garbage,
+            on_datagram=self._on_datagram,
             limits=limits,
             tls_server=tls_server,
             tls_client=tls_client,
@@ -184,6 +186,8 @@ class Endpoint:
         )
         self._clients: dict[ClientKey, _Client] = {}
         self._servers: dict[ServerKey, _Server] = {}
+        #: non-INVITE server transactions over UDP by their request's bytes as received
+        self._datagrams: dict[bytes, _Server] = {}
         self._tick = min(0.05, timers.t1 / 10)
         self._wheel: dict[int, list[_Client | _Server]] = {}
         self._ticker: asyncio.TimerHandle | None = None
@@ -413,6 +417,10 @@ class Endpoint:
             elif isinstance(action, Terminated):
                 if self._servers.get(record.tx.key) is record:
                     del self._servers[record.tx.key]
+                if record.datagram is not None:
+                    if self._datagrams.get(record.datagram) is record:
+                        del self._datagrams[record.datagram]
+                    record.datagram = None
                 record.when = None
                 return
             elif isinstance(action, Timeout):
@@ -478,7 +486,23 @@ class Endpoint:
         now = asyncio.get_running_loop().time()
         self._client_actions(record, record.tx.receive(response, now))
 
+    def _on_datagram(self, data: bytes, peer: Peer) -> bool:
+        """A datagram byte for byte the same as the request of a non-INVITE server
+        transaction still held, from the same address, is that request retransmitted
+        (RFC 3261 §17.2.3 would match it to that transaction): it is answered as such
+        without being parsed again. A proxy retransmits while our answer waits for the
+        store; parsing each copy again cost the most exactly when the gateway was
+        busiest. Anything else (False) is parsed and matched as usual."""
+        record = self._datagrams.get(data)
+        if record is None or record.peer != peer:
+            return False
+        self.count("sip_retransmissions_absorbed_total", method=record.tx.key[-1])
+        if isinstance(record.tx, ServerTransaction):
+            self._server_actions(record, record.tx.retransmitted())
+        return True
+
     def _on_request(self, request: Request, peer: Peer, link: Link | None) -> None:
+        datagram = bytes(request) if link is None and not peer.reliable else None
         try:
             via = request.top_via
             request = stamp_via(request, via, peer)
@@ -504,6 +528,9 @@ class Endpoint:
             tx = ServerTransaction(request, reliable=reliable, timers=self.timers)
         record = _Server(tx, peer, link, response_destination(request, peer))
         self._servers[key] = record
+        if datagram is not None and request.method != "INVITE":
+            record.datagram = datagram
+            self._datagrams[datagram] = record
         self.count("sip_requests_received_total", method=request.method)
         incoming = Incoming(request, peer, self, record)
         if request.method == "CANCEL":
@@ -569,6 +596,7 @@ class Endpoint:
         for server in list(self._servers.values()):
             server.when = None
         self._servers.clear()
+        self._datagrams.clear()
         self._wheel.clear()
         if self._ticker is not None:
             self._ticker.cancel()

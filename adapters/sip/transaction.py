@@ -230,6 +230,11 @@ class ServerTransaction:
 
     def receive(self, request: Request, now: float) -> list[Action]:
         """A retransmission of the request: absorbed, or answered with the last response."""
+        return self.retransmitted()
+
+    def retransmitted(self) -> list[Action]:
+        """What a retransmission of the request gets (§17.2.2): nothing while the TU has
+        not answered, else the last response again. The request itself is not needed."""
         if self.state in (State.PROCEEDING, State.COMPLETED) and self.last is not None:
             return [Transmit(self.last)]
         return []

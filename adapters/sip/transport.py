@@ -385,6 +385,9 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
             # RFC 5626 §3.5.1 keep-alive (CRLF CRLF / STUN-less ping); also an empty datagram
             self.transports.count("sip_keepalives_total")
             return
+        seen = self.transports.on_datagram
+        if seen is not None and seen(data, peer):
+            return
         try:
             message = parse(data, limits=self.transports.limits)
         except ParseError as exc:
@@ -404,6 +407,7 @@ class Transports:
         *,
         on_message: Callable[[Message, Peer, Link | None], None],
         on_garbage: Callable[[Peer, ParseError, bytes, Link | None], None],
+        on_datagram: Callable[[bytes, Peer], bool] | None = None,
         limits: Limits = DEFAULT_LIMITS,
         tls_server: ssl.SSLContext | None = None,
         tls_client: ssl.SSLContext | None = None,
@@ -418,6 +422,9 @@ class Transports:
     ) -> None:
         self.on_message = on_message
         self.on_garbage = on_garbage
+        #: Asked first about every UDP datagram; True when it took the datagram whole
+        #: (a byte-identical retransmission of a request in progress): it is not parsed.
+        self.on_datagram = on_datagram
         self.limits = limits
         self.tls_server = tls_server
         self.tls_client = tls_client

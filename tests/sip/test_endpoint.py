@@ -312,3 +312,32 @@ async def test_bytes_after_content_length_are_discarded_with_a_record(server: Se
     assert answer.startswith(b"SIP/2.0 202 ")
     assert server.received[0].body == b"abc"
     assert server.metrics["sip_defects_total{code=EXCESS_BYTES}"] == 1
+
+
+async def test_byte_identical_retransmission_gets_the_same_answer_without_a_second_request(
+    server: Server,
+) -> None:
+    """A retransmitted datagram is recognised by its bytes (not parsed again): the handler
+    sees the request once, and each copy after the answer gets the answer again."""
+    target = server.endpoint.local("UDP")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        datagram = bytes(
+            message().with_top_via(f"SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKretx1;rport")
+        )
+        sock.sendto(datagram, (target.host, target.port))
+        first = await asyncio.to_thread(sock.recv, 65536)
+        sock.sendto(datagram, (target.host, target.port))
+        second = await asyncio.to_thread(sock.recv, 65536)
+        # one byte different (another branch): a new transaction, handled anew
+        other = datagram.replace(b"z9hG4bKretx1", b"z9hG4bKretx2")
+        sock.sendto(other, (target.host, target.port))
+        third = await asyncio.to_thread(sock.recv, 65536)
+    assert parse(first).status == 202
+    assert second == first
+    assert parse(third).status == 202
+    assert parse(third).top_via.branch == "z9hG4bKretx2"
+    assert len(server.received) == 2
+    assert server.metrics["sip_retransmissions_absorbed_total{method=MESSAGE}"] == 1
