@@ -145,6 +145,15 @@ class AddressMap:
             )
         unescaped = unescape_localpart(jid.local)
         if "@" in unescaped:
+            user, _, host = unescaped.rpartition("@")
+            if not user or not host:
+                # XEP-0106 §4: the escaped local part is a whole foreign address, user@host
+                raise ParseError(
+                    "JID_MALFORMED",
+                    f"malformed JID {text[:80]!r}: the escaped foreign address "
+                    f"{unescaped[:80]!r} has no user or no host",
+                    hint=f"write the foreign address as user\\40host@{jid.domain} (XEP-0106 §4)",
+                )
             return f"im:{unescaped}"
         target = self.domain_map.get(jid.domain)
         if target is None:
