@@ -1044,23 +1044,24 @@ class RedisStore:
         return targets[self._turn :] + targets[: self._turn]
 
     async def claim(self, now: float, limit: int) -> list[Entry]:
+        """Hand out up to ``limit`` due entries to this node. While Redis cannot be reached
+        this raises (:func:`unavailable`) like a locked SQLite file does, so the gateway's
+        dispatcher counts it, reports the store not ready and backs off; an answer lost
+        with the connection leaves the entries in this node's pending list, where
+        :meth:`_recover` queues them again after ``claim_idle``."""
         if not self.serve:
             raise GatewayError("this store was opened for inspection only", reason=Reason.INTERNAL)
-        try:
-            # heartbeats and idle times are Redis's real time, so is this interval
-            tick = time.monotonic()
-            if tick - self._last_recover >= self.timing.recover_interval:
-                self._last_recover = tick
-                await self._recover()
-            targets = self._targets()
-            # with no target served the call still moves due retries into their streams
-            chosen = ["*"] if targets is None else targets or [""]
-            result = await self._fn(
-                "claim", self.name, _num(now), str(limit), str(self.promote_batch), *chosen
-            )
-        except GatewayError as exc:
-            self._warn(exc)  # nothing to hand out now
-            return []
+        # heartbeats and idle times are Redis's real time, so is this interval
+        tick = time.monotonic()
+        if tick - self._last_recover >= self.timing.recover_interval:
+            self._last_recover = tick
+            await self._recover()
+        targets = self._targets()
+        # with no target served the call still moves due retries into their streams
+        chosen = ["*"] if targets is None else targets or [""]
+        result = await self._fn(
+            "claim", self.name, _num(now), str(limit), str(self.promote_batch), *chosen
+        )
         return self._handed(result)
 
     async def _take_back(self) -> None:
@@ -1150,12 +1151,9 @@ class RedisStore:
         return {n for n, v in zip(names, values, strict=True) if v is not None}
 
     async def next_due(self) -> float | None:
+        """The earliest due time; raises while Redis cannot be reached (see :meth:`claim`)."""
         targets = self._targets()
-        try:
-            found = await self._fn("next_due", *(["*"] if targets is None else targets))
-        except GatewayError as exc:
-            self._warn(exc)
-            return None
+        found = await self._fn("next_due", *(["*"] if targets is None else targets))
         return None if found is None else float(found)
 
     # A finish forgets the claim only once Redis took it: a call that raised can be made

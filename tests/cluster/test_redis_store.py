@@ -313,7 +313,7 @@ async def test_resubscriptions_after_starts_go_out_once_per_cluster(make: Make) 
     assert len(await nodes[0].entries()) == 1
 
 
-async def test_an_unreachable_redis_refuses_commits_and_claims_nothing(
+async def test_an_unreachable_redis_refuses_commits_claims_and_due_reads(
     make: Make, tmp_path: Path
 ) -> None:
     server = RedisServer(tmp_path / "redis").start()
@@ -326,8 +326,11 @@ async def test_an_unreachable_redis_refuses_commits_and_claims_nothing(
             await a.commit(commit_of("during"))
         assert refused.value.retryable
         assert refused.value.reason is Reason.UNAVAILABLE
-        assert await a.claim(1000.0, 10) == []
-        assert await a.next_due() is None
+        # the dispatcher sees the outage (readiness, cpimgw_store_errors_total): it raises
+        for read in (a.claim(1000.0, 10), a.next_due()):
+            with pytest.raises(DeliveryError) as unreachable:
+                await read
+            assert unreachable.value.reason is Reason.UNAVAILABLE
         server.start()
         claimed = await a.claim(1000.0, 10)
         assert [e.envelope.identity for e in claimed] == [message(text="before").identity]
