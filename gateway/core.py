@@ -505,6 +505,12 @@ class Gateway:
             await self.store.commit(Commit("", now, entries))
             self.log.info("re-subscribing after start", extra={"count": len(entries)})
             self._wake.set()
+        # what coalescing held died with the last process: watchers get the stored state
+        restated = self._commit_of("", self.book.restate(now), now)
+        if restated.entries:
+            await self.store.commit(restated)
+            self.log.info("presence restated to watchers", extra={"count": len(restated.entries)})
+            self._wake.set()
 
     # -- outbound -----------------------------------------------------------------
 

@@ -21,8 +21,9 @@ Rules it keeps (DESIGN.md "Operations"):
 - Coalescing and per-watcher rate limit: one watcher gets at most one NOTIFY per
   presentity per ``min_interval``, and at most ``watcher_rate`` per second overall; what
   arrives meanwhile replaces the held one (the latest state wins), so a flapping client
-  cannot flood the other network. Held NOTIFYs are state, not messages: a crash loses at
-  most the held ones, and the last presence itself is stored.
+  cannot flood the other network. Held NOTIFYs are state, not messages: a stop or crash
+  loses at most the held ones, the last presence itself is stored, and the next start
+  restates it to every active watcher (:meth:`PresenceBook.restate`).
 - Presence documents, signed ones included (RFC 3923 §4), pass byte for byte.
 """
 
@@ -348,6 +349,35 @@ class PresenceBook:
             k for k, s in self._subs.items() if s.expires_at is not None and s.expires_at <= now
         )
         return Effects(send=tuple(sends), ended=expired, note="flush")
+
+    def restate(self, now: float) -> Effects:
+        """NOTIFYs of the stored last presence of each presentity to each of its active
+        watchers, after a start. What coalescing held was in memory only and is gone
+        with the process that held it, while the store has that latest document; a
+        presentity whose network owes the gateway's re-subscription no fresh NOTIFY
+        would leave the watcher with an older status until its next change. A new
+        subscription starts with the current state (RFC 6665 §4.2.1.2, RFC 3856 §6.6.2,
+        RFC 6121 §4.3.2), so the watcher gets it again: paced like any NOTIFY (a
+        change right after it is held; a watcher over its rate gets the rest at the
+        next flush), one identity per document and watcher."""
+        sends = []
+        for sub in self.subscriptions():
+            last = self._presence.get(sub.presentity)
+            if last is None or not self._active(sub, now):
+                continue
+            out = Envelope(
+                operation=Operation.NOTIFY,
+                sender=last.presentity,
+                recipient=sub.watcher,
+                payload=last.payload,
+                identity=identity_of("presence", last.identity, "restart", sub.watcher),
+                origin=Origin(adapter=sub.presentity_adapter, peer="cpimgw"),
+                received_at=now,
+                attributes={STATE: "active"},
+            )
+            if self._pass(out, (sub.watcher, sub.presentity), now):
+                sends.append(out)
+        return Effects(send=tuple(sends), note="last known presence restated after a start")
 
     def resubscribe(self, now: float) -> tuple[tuple[str, Envelope], ...]:
         """SUBSCRIBEs that re-establish every live subscription on the presentities'
