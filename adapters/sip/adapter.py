@@ -77,6 +77,8 @@ from canonical.presence import parse_pidf
 
 #: Seconds before a failed re-subscription of a recorded subscription is tried again.
 KEEP_RETRY = 30.0
+#: Initial SUBSCRIBEs per second for subscriptions taken over (or made again after a start).
+TAKEOVER_RATE = 200.0
 
 #: Methods the adapter serves (everything else: 405 or 501 from the endpoint).
 METHODS = frozenset({"MESSAGE", "SUBSCRIBE", "NOTIFY", "OPTIONS"})
@@ -694,8 +696,6 @@ class SipAdapter(Adapter):
         if key in self._subscribers or self._stopped.is_set():
             return
         try:
-            if not await self._intents.holds(key):
-                return
             await self._subscribe(
                 intent.watcher,
                 intent.presentity,
@@ -737,9 +737,9 @@ class SipAdapter(Adapter):
         again for what this node's name still holds; end the dialogs whose subscription
         another node ended or took; take over dead nodes' subscriptions with new dialogs."""
         if not self._adopted:
-            for intent in await self._intents.mine():
+            for i, intent in enumerate(await self._intents.mine()):
                 if intent.key not in self._subscribers:
-                    self._spawn(self._keep(intent))
+                    self._spawn(self._keep(intent, i / TAKEOVER_RATE))
             self._adopted = True
         for key in await self._intents.taken_from_me():
             subscriber = self._subscribers.get(key)
@@ -748,10 +748,10 @@ class SipAdapter(Adapter):
         taken = await self._intents.take_orphans()
         if taken:
             self.log.warning("taking over %d SIP subscriptions of a dead node", len(taken))
-        for intent in taken:
+        for i, intent in enumerate(taken):
             self.count("sip_subscriptions_taken_over_total")
-            if intent.key not in self._subscribers:
-                self._spawn(self._keep(intent))
+            if intent.key not in self._subscribers:  # paced: no SUBSCRIBE storm at the server
+                self._spawn(self._keep(intent, i / TAKEOVER_RATE))
 
     async def _subscribe(
         self,
@@ -781,7 +781,8 @@ class SipAdapter(Adapter):
             expires=expires,
         )
         key = (watcher, presentity)
-        await self._intents.record(Intent(watcher, presentity, owner, expires))
+        if not await self._intents.record(Intent(watcher, presentity, owner, expires), kept=kept):
+            return Sent(detail="the SIP subscription was ended or taken by another node")
         self._subscribers[key] = subscriber
         request = subscriber.initial_request()
         try:

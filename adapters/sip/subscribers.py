@@ -116,8 +116,10 @@ class Subscriptions:
     shared = False
     node = ""
 
-    async def record(self, intent: Intent) -> None:
-        """This node holds ``intent`` from now on."""
+    async def record(self, intent: Intent, *, kept: bool = False) -> bool:
+        """This node holds ``intent`` from now on; with ``kept`` (a re-subscription of a
+        recorded one) only if it still does: False when it was ended or taken meanwhile."""
+        return True
 
     async def forget(self, key: SubscriptionKey, *, only_mine: bool = False) -> str | None:
         """The intent is over: remove its record wherever it is (or only if this node
@@ -152,6 +154,7 @@ class Subscriptions:
 
 _RECORD = """
 local prev = redis.call('HGET', KEYS[1], ARGV[3])
+if ARGV[5] == '1' and prev ~= ARGV[2] then return 0 end
 if prev and prev ~= ARGV[2] then
   redis.call('HDEL', ARGV[1] .. 'sips:' .. prev, ARGV[3])
   redis.call('SADD', ARGV[1] .. 'sipsx:' .. prev, ARGV[3])
@@ -159,7 +162,7 @@ end
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
-return prev
+return 1
 """
 
 _FORGET = """
@@ -232,9 +235,9 @@ class SharedSubscriptions(Subscriptions):
         except redis_errors.RedisError as exc:
             raise unavailable(exc) from exc
 
-    async def record(self, intent: Intent) -> None:
+    async def record(self, intent: Intent, *, kept: bool = False) -> bool:
         at = self.clock()
-        await self._run(
+        done = await self._run(
             "eval",
             _RECORD,
             3,
@@ -245,7 +248,9 @@ class SharedSubscriptions(Subscriptions):
             self.node,
             intent.field,
             intent.to_json(at=at),
+            "1" if kept else "0",
         )
+        return bool(done)
 
     async def forget(self, key: SubscriptionKey, *, only_mine: bool = False) -> str | None:
         holder = await self._run(

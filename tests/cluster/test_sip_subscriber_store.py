@@ -119,6 +119,9 @@ async def test_an_unsubscribe_or_subscribe_through_another_node_reaches_the_hold
         # the watcher unsubscribes through b: the record goes, a learns it
         assert await b.forget(first.key) == "a"
         assert await a.holder(first.key) is None
+        # a's re-subscription planned before it learnt that does not bring it back
+        assert not await a.record(first, kept=True)
+        assert await a.holder(first.key) is None
         # the watcher subscribes again through b: b holds it now
         await b.record(second)
         assert await a.holder(second.key) == "b"
