@@ -356,7 +356,7 @@ class PresenceBook:
         with the process that held it, while the store has that latest document; a
         presentity whose network owes the gateway's re-subscription no fresh NOTIFY
         would leave the watcher with an older status until its next change. A new
-        subscription starts with the current state (RFC 6665 §4.2.1.2, RFC 3856 §6.6.2,
+        subscription starts with the current state (RFC 6665 §4.2.1.2,
         RFC 6121 §4.3.2), so the watcher gets it again: paced like any NOTIFY (a
         change right after it is held; a watcher over its rate gets the rest at the
         next flush), one identity per document and watcher."""
