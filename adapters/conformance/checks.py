@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from adapters.conformance.case import Case, Check, Expect
+from adapters.conformance.folder import cpim_features
 from adapters.conformance.grade import (
     Difference,
     Grade,
@@ -34,7 +35,7 @@ from adapters.conformance.journey import (
 from adapters.conformance.signature import Verdict, verdict
 from adapters.conformance.target import Target
 from adapters.contract import Capability, ErrorMapper
-from canonical.envelope import PIDF, Operation, Payload
+from canonical.envelope import CPIM, PIDF, Operation, Payload
 from canonical.errors import GatewayError, Loss, Reason
 
 Status = Literal["exact", "lossy", "silent", "refused", "crashed"]
@@ -549,10 +550,43 @@ def _judge_malformed(case: Case, finding: Finding, missing: frozenset[Capability
     return _outcome(Grade.FAIL, f"malformed object altered silently: {finding.detail}", finding)
 
 
+def payload_needs(payload: Payload | None) -> frozenset[Capability]:
+    """The capabilities carrying ``payload`` exactly needs: what its CPIM object uses
+    (RFC 3862 §3-4, :func:`~adapters.conformance.folder.cpim_features`), and signed or
+    encrypted bodies (RFC 8551 §3.4-3.5, RFC 1847 §2.1)."""
+    if payload is None:
+        return frozenset()
+    needs: set[Capability] = {Capability.MESSAGE}
+    if payload.is_signed:
+        needs.add(Capability.SIGNED_BODY)
+    elif payload.is_encrypted:
+        needs.add(Capability.ENCRYPTED_BODY)
+    elif payload.content_type.split(";")[0].strip().lower() == CPIM:
+        needs |= cpim_features(payload.body)
+    return frozenset(needs)
+
+
+def _native_needs(case: Case, target: Target) -> frozenset[Capability]:
+    """For a journey that starts from a native message: what the payload the target
+    makes of it needs. Empty when the target cannot map it (the check reports that)."""
+    try:
+        journey = Journey.start()
+        return payload_needs(journey.into(target, journey.decode(target, case.input.data)).payload)
+    except Exception:  # noqa: BLE001 - explore() runs the same steps and reports the failure
+        return frozenset()
+
+
 def run_case(case: Case, target: Target, bench: Bench) -> Outcome:
-    """Run one (non-property) case against ``target`` and grade it."""
+    """Run one (non-property) case against ``target`` and grade it.
+
+    A cross-protocol journey that starts from a native message needs of the peer, besides
+    the case's own capabilities, those of the payload the target makes of it: a peer that
+    cannot carry that payload exactly is then UNSUPPORTED (its losses recorded), not a
+    FAIL."""
     needed = case.capabilities
     missing = target.missing(needed)
     if case.check is Check.CROSS and case.peer in bench.peers:
-        missing = missing | bench.peers[case.peer].missing(needed)
+        # the target made that payload itself; only the peer must be able to carry it
+        onward = needed | _native_needs(case, target) if case.input.form == "native" else needed
+        missing = missing | bench.peers[case.peer].missing(onward)
     return judge(case, explore(case, target, bench), missing)

@@ -236,6 +236,9 @@ class VectorFolder:
     def _native(self) -> list[Case]:
         cases = []
         root = self.path / "native"
+        # a signed native message is checked against the folder's trust roots: its
+        # verdict must stay the same after every hop of a cross-protocol journey
+        trust = tuple(sorted((self.path / "signed").glob("*.pem")))
         for kind_dir in sorted(p for p in root.glob("*") if p.is_dir()):
             for path in sorted(p for p in kind_dir.iterdir() if p.is_file()):
                 if path.name in _DOCS or path.suffix == ".md":
@@ -253,6 +256,7 @@ class VectorFolder:
                         expect=Expect.EQUAL,
                         input=Input(form="native", data=path.read_bytes()),
                         kind=kind_dir.name,
+                        trust=trust,
                         source=str(path),
                     )
                 )

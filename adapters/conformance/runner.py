@@ -31,8 +31,11 @@ Progress = Callable[[int, int, Case, Outcome], None]
 
 
 def builtin_cases() -> list[Case]:
-    """The kit's own cases, shipped as data in ``adapters/conformance/cases``."""
-    return load_case_folder(Path(__file__).resolve().parent / "cases")
+    """The kit's own cases, shipped as data: ``adapters/conformance/cases`` (the case
+    format) and ``adapters/conformance/vectors`` (the vector layout; its ``native/KIND/``
+    wire samples are the journeys that start from a built-in adapter's own network)."""
+    here = Path(__file__).resolve().parent
+    return [*load_case_folder(here / "cases"), *VectorFolder(here / "vectors").cases()]
 
 
 def hypothesis_installed() -> bool:
