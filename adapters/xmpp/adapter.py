@@ -25,6 +25,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import logging
 import random
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -57,12 +58,35 @@ from adapters.xmpp.stanza import (
     wire_size,
 )
 from canonical.envelope import Envelope, Origin
-from canonical.errors import AdapterError, DeliveryError, GatewayError, ParseError, Reason
+from canonical.errors import DeliveryError, GatewayError, ParseError, Reason
 from canonical.policy import KIB, Policy
 
 #: Inbound stanzas with the core at once; each waits for the store commit holding its
 #: envelope, so this many can share one commit.
 INBOUND_LIMIT = 1024
+
+#: Stream errors with which a server refuses the component's handshake (XEP-0114 §3,
+#: RFC 6120 §4.9.3): configuration to fix on one side or the other, each with its fix.
+REFUSALS = {
+    "not-authorized": (
+        "the secrets differ: check the component secret in [adapters.{name}] (secret, or "
+        "CPIMGW_ADAPTERS__{upper}__SECRET) and the Component entry in prosody.cfg.lua "
+        '(Component "{component}" with component_secret; ejabberd: the password of '
+        '"{component}" under the ejabberd_service listener\'s hosts in ejabberd.yml)'
+    ),
+    "host-unknown": (
+        "the server has no component {component}: add the Component entry to prosody.cfg.lua "
+        '(Component "{component}" with component_secret; ejabberd: "{component}" under the '
+        "ejabberd_service listener's hosts in ejabberd.yml), or fix component in "
+        "[adapters.{name}]"
+    ),
+    "conflict": (
+        "another connection holds component {component}: a second cpimgw node (list the "
+        "adapter in [cluster] exclusive), or the server has not seen the old connection "
+        "close yet"
+    ),
+    "improper-addressing": "set component in [adapters.{name}]",
+}
 
 
 class XmppConfig(AdapterConfig):
@@ -88,6 +112,12 @@ class XmppConfig(AdapterConfig):
     )
     reconnect_initial: float = Field(default=0.5, gt=0)
     reconnect_max: float = Field(default=30.0, gt=0)
+    inbound_pending_max: int = Field(
+        default=4096,
+        ge=1,
+        description="inbound stanzas read and not yet taken by the core above which the "
+        "adapter stops reading the stream (the server holds the rest); reading resumes at half",
+    )
     send_timeout: float = Field(default=15.0, gt=0)
     barrier_timeout: float = Field(default=10.0, gt=0)
 
@@ -99,6 +129,7 @@ class _Outgoing:
     ids: tuple[str, ...] = ()
     wire: bytes = b""
     deadline: float | None = None  # loop time by which send() gives up waiting
+    detached: bool = False  # nobody awaits it (an error report, stop()'s presence)
 
 
 @dataclass(slots=True)
@@ -249,8 +280,18 @@ class XmppAdapter(Adapter):
         self._overdue_check: asyncio.TimerHandle | None = None
         self._ping_ids = itertools.count(1)
         self._available: dict[tuple[str, str], ET.Element] = {}
-        self._authenticated_once = False
-        self._auth_failed = False
+        self._wake = asyncio.Event()  # stop() ends a reconnect backoff at once
+        # why the XMPP side is down (/readyz); None while a session is up
+        self._problem: str | None = "not connected yet"
+        self._refused: str | None = None  # the stream error that refused the last handshake
+        self._stream_error: str | None = None  # the last stream error, with its text
+        self._connect_error: str | None = None  # why the last TCP connect failed
+        self._unavailable_since: float | None = None  # loop time the session was lost
+        # inbound backpressure: stanzas read and not yet taken by the core (queued or in
+        # flight), and the transport whose reading is paused because of them
+        self._pending = 0
+        self._paused: asyncio.Transport | None = None
+        self._pauses = 0
         register_plugins()
 
     @classmethod
@@ -273,86 +314,152 @@ class XmppAdapter(Adapter):
     def ready(self) -> bool:
         return self._session.is_set()
 
+    def not_ready_reason(self) -> str | None:
+        """Why the XMPP side is down, with the likely fix (``/readyz``); None while the
+        component session is up."""
+        return None if self._session.is_set() else self._problem
+
+    @property
+    def inbound_pending(self) -> int:
+        """Inbound stanzas read from the stream and not yet taken (stored or refused) by
+        the core."""
+        return self._pending
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the adapter does not read the stream because too many inbound
+        stanzas wait for the core (``inbound_pending_max``)."""
+        return self._paused is not None
+
     # ------------------------------------------------------------------ connection
     def _connect_component(self) -> _Component:
         xmpp = _Component(self.settings, self._on_stanza)
         xmpp.add_event_handler("session_start", self._on_session)
         xmpp.add_event_handler("disconnected", self._on_lost)
-        xmpp.add_event_handler("connection_failed", self._on_lost)
+        xmpp.add_event_handler("connection_failed", self._on_connect_failed)
         xmpp.add_event_handler("stream_error", self._on_stream_error)
         return xmpp
 
+    @property
+    def _address(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
     def _on_session(self, _event: object) -> None:
-        self._authenticated_once = True
         self._lost.clear()
         self._session.set()
+        self._problem = None
+        self._refused = None
+        self._unavailable_since = None
         self.context.logger.info(
-            "xmpp %s: component %s connected", self.name, self.settings.component
+            "xmpp %s: component %s connected to %s",
+            self.name,
+            self.settings.component,
+            self._address,
         )
         self.context.count("xmpp_connected", adapter=self.name)
 
     def _on_lost(self, _event: object) -> None:
+        if self._session.is_set():
+            self._unavailable_since = asyncio.get_running_loop().time()
         self._session.clear()
         self._lost.set()
+        self._paused = None  # that transport is gone; the next one starts reading
         barrier = self._barrier
         if barrier is not None and not barrier.answered.done():
             barrier.answered.set_result(False)
 
+    def _on_connect_failed(self, error: object) -> None:
+        self._connect_error = str(error)
+        self._on_lost(error)
+
     def _on_stream_error(self, error: Any) -> None:
         condition = str(error["condition"]) if error is not None else ""
-        if condition == "not-authorized":
-            self._auth_failed = True
-        self.context.logger.warning("xmpp %s: stream error %s", self.name, condition)
+        text = str(error["text"]) if error is not None else ""
+        self._stream_error = f"{condition}: {text}" if text else condition
+        if not self._session.is_set() and condition in REFUSALS:
+            self._refused = condition  # run() logs it as an error, with the fix
+            return
+        self.context.logger.warning(
+            "xmpp %s: stream error from %s: %s", self.name, self._address, self._stream_error
+        )
+
+    def _refusal(self, condition: str) -> str:
+        """The operator's line for a refused handshake: who, where, why, and the fix."""
+        fix = REFUSALS[condition].format(
+            name=self.name, upper=self.name.upper(), component=self.settings.component
+        )
+        return (
+            f"the XMPP server at {self._address} refused component {self.settings.component} "
+            f"({self._stream_error or condition}); {fix}"
+        )
 
     async def run(self, deliver: Deliver) -> None:
-        """Connect, serve, and reconnect with backoff until :meth:`stop`."""
+        """Connect, serve, and reconnect with capped exponential backoff (doubling from
+        ``reconnect_initial`` to ``reconnect_max``, ±20 % jitter) until :meth:`stop` —
+        after a lost connection, a failed connect, a handshake that never completes and a
+        handshake the server refuses alike (docs/xmpp.md "When the XMPP side is down")."""
         worker = asyncio.create_task(self._serve_inbound(deliver))
         writer = asyncio.create_task(self._write_loop())
+        loop = asyncio.get_running_loop()
         delay = self.settings.reconnect_initial
+        self._unavailable_since = loop.time()
         try:
             while not self._stopping:
                 xmpp = self._xmpp = self._connect_component()
                 self._lost.clear()
+                self._refused = self._stream_error = self._connect_error = None
                 xmpp.connect()
-                session = asyncio.create_task(self._session.wait())
-                lost = asyncio.create_task(self._lost.wait())
-                done, _ = await asyncio.wait(
-                    {session, lost},
-                    timeout=self.settings.connect_timeout,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                session.cancel()
-                lost.cancel()
-                if not done and not self._session.is_set():
+                await self._first_of(self._session, self._lost, self.settings.connect_timeout)
+                if self._session.is_set():
+                    began = loop.time()
+                    await self._lost.wait()
+                    if loop.time() - began >= delay:  # a session that flaps keeps backing off
+                        delay = self.settings.reconnect_initial
+                    self._problem = "connection lost" + (
+                        f" ({self._stream_error})" if self._stream_error else ""
+                    )
+                    level = logging.WARNING
+                elif self._refused is not None:
+                    self._problem = self._refusal(self._refused)
+                    level = logging.ERROR
+                    self.context.count("xmpp_refused_handshakes", adapter=self.name)
+                elif self._connect_error is not None:
+                    self._problem = (
+                        f"cannot connect to the XMPP server's component port {self._address}: "
+                        f"{self._connect_error}; check that the server runs and listens there "
+                        "(Prosody: component_ports and component_interfaces)"
+                    )
+                    level = logging.WARNING
+                elif not self._lost.is_set():
                     # a server that accepts TCP and never completes the XEP-0114 handshake:
                     # give that connection up and try a new one (with backoff)
-                    self.context.logger.warning(
-                        "xmpp %s: no component session within %.0fs",
-                        self.name,
-                        self.settings.connect_timeout,
+                    self._problem = (
+                        f"no component session with {self._address} within "
+                        f"{self.settings.connect_timeout:g}s (connect_timeout)"
                     )
+                    level = logging.WARNING
                     self.context.count("xmpp_connect_timeouts", adapter=self.name)
-                if self._session.is_set():
-                    delay = self.settings.reconnect_initial
-                    await self._lost.wait()
-                if self._auth_failed and not self._authenticated_once:
-                    raise AdapterError(
-                        f"the XMPP server refused component {self.settings.component!r}",
-                        hint="check the component secret and the server's Component entry",
+                else:
+                    self._problem = f"the XMPP server at {self._address} closed the stream" + (
+                        f" ({self._stream_error})" if self._stream_error else ""
                     )
-                xmpp.cancel_connection_attempt()
-                with contextlib.suppress(Exception):
-                    xmpp.abort()
+                    level = logging.WARNING
+                self._discard(xmpp)
                 if self._stopping:
                     break
-                self.context.logger.warning(
-                    "xmpp %s: connection lost, reconnecting in %.1fs", self.name, delay
+                if self._refused is not None or self._down_long():
+                    self._shed_waiting()
+                wait = delay * random.uniform(0.8, 1.2)
+                self.context.logger.log(
+                    level, "xmpp %s: %s; reconnecting in %.3gs", self.name, self._problem, wait
                 )
                 self.context.count("xmpp_reconnects", adapter=self.name)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                await self._first_of(self._wake, None, wait)
                 delay = min(delay * 2, self.settings.reconnect_max)
         finally:
             self._inbound.put_nowait(None)
+            if self._xmpp is not None:
+                self._discard(self._xmpp)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker, 10)
             writer.cancel()
@@ -360,6 +467,65 @@ class XmppAdapter(Adapter):
                 await writer
             self._fail_pending()
             self._stopped.set()
+
+    @staticmethod
+    async def _first_of(first: asyncio.Event, second: asyncio.Event | None, within: float) -> None:
+        """Wait until either event is set or ``within`` seconds pass. The waiters are cancelled
+        either way (no task left behind, nothing to retrieve)."""
+        waiters = {asyncio.ensure_future(first.wait())}
+        if second is not None:
+            waiters.add(asyncio.ensure_future(second.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _discard(self, xmpp: _Component) -> None:
+        """Close a component connection for good: the socket, slixmpp's own reconnect
+        attempt, and the send-queue task each instance starts (it would otherwise live on,
+        holding the instance, one per reconnect)."""
+        xmpp.cancel_connection_attempt()
+        with contextlib.suppress(Exception):
+            xmpp.abort()
+        task = getattr(xmpp, "_run_out_filters", None)
+        if task is not None and not task.done():
+            task.cancel()
+
+    def _down_long(self) -> bool:
+        """True when the XMPP side cannot take a send now: the server refused the
+        handshake, or no session has been up for ``send_timeout``."""
+        if self._session.is_set():
+            return False
+        if self._refused is not None:
+            return True
+        since = self._unavailable_since
+        return since is not None and (
+            asyncio.get_running_loop().time() - since >= self.settings.send_timeout
+        )
+
+    def _down_error(self) -> DeliveryError:
+        return DeliveryError(
+            f"the XMPP side is down: {self._problem}",
+            retryable=True,
+            reason=Reason.UNAVAILABLE,
+            hint="the gateway keeps it queued and retries; the adapter reconnects on its own",
+        )
+
+    def _shed_waiting(self) -> None:
+        """The side is down for longer than a send waits: answer the waiting sends now
+        (retryable: the core keeps their envelopes and sends them again) and drop their
+        stanzas and those of sends already answered, so a long outage does not pile up
+        copies to write at reconnection. Error reports and the unavailable presence of
+        :meth:`stop`, which nobody retries, stay queued."""
+        kept: list[_Outgoing] = []
+        for item in self._outbound:
+            if item.detached:
+                kept.append(item)
+                continue
+            if not item.done.done():
+                item.done.set_exception(self._down_error())
+        self._outbound[:] = kept
 
     async def stop(self) -> None:
         """Tell every XMPP user that the foreign contacts shown available are gone, finish
@@ -370,28 +536,42 @@ class XmppAdapter(Adapter):
             stanza = ET.Element(
                 f"{{{COMPONENT_NS}}}presence", {"from": frm, "to": to, "type": "unavailable"}
             )
-            self._queue([stanza])
+            self._queue([stanza], detached=True)
         if self._session.is_set():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._drain(), self.settings.send_timeout)
         self._stopping = True
+        self._wake.set()
         xmpp = self._xmpp
         if xmpp is not None:
             xmpp.cancel_connection_attempt()
             with contextlib.suppress(Exception):
-                xmpp.disconnect(wait=1.0)
+                closing = xmpp.disconnect(wait=1.0)
+                await asyncio.wait({closing}, timeout=2.0)
+                if closing.done() and not closing.cancelled():
+                    closing.exception()  # retrieved: a failed close is no news at stop
         self._lost.set()
 
     async def _drain(self) -> None:
-        pending = [item.done for item in self._outbound]
+        """Wait for everything queued and everything written but not yet confirmed (the
+        writer may have taken the last items into a batch whose barrier is pending)."""
+        barrier = self._barrier
+        written = barrier.items if barrier is not None else []
+        pending = [item.done for item in (*written, *self._outbound)]
         if pending:
             await asyncio.wait(pending)
 
     def _fail_pending(self) -> None:
+        """Answer every send still waiting when the adapter stops (retryable: the core
+        keeps the envelopes queued for the next start)."""
         for item in self._outbound:
             if not item.done.done():
                 item.done.set_exception(
-                    DeliveryError("the XMPP adapter stopped before sending", retryable=True)
+                    DeliveryError(
+                        "the XMPP adapter stopped before sending",
+                        retryable=True,
+                        reason=Reason.UNAVAILABLE,
+                    )
                 )
         self._outbound.clear()
 
@@ -402,6 +582,35 @@ class XmppAdapter(Adapter):
             self._on_iq(element)
         else:
             self._inbound.put_nowait(element)
+            self._pending += 1
+            if self._pending >= self.settings.inbound_pending_max and self._paused is None:
+                self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        """Too many stanzas wait for the core: stop reading the stream, so the XMPP server
+        (and the sockets' buffers) hold the rest instead of this process. What the parser
+        already has from the last read is still handed in; then nothing more until
+        :meth:`_resume_reading`."""
+        transport = self._xmpp.transport if self._xmpp is not None else None
+        if transport is None:
+            return
+        with contextlib.suppress(Exception):  # a transport closing under us reads no more
+            transport.pause_reading()
+        self._paused = transport
+        self._pauses += 1
+        self.context.count("xmpp_reading_paused", adapter=self.name)
+        self.context.logger.debug(
+            "xmpp %s: %d stanzas wait for the core; reading paused", self.name, self._pending
+        )
+
+    def _resume_reading(self) -> None:
+        transport, self._paused = self._paused, None
+        current = self._xmpp.transport if self._xmpp is not None else None
+        if transport is None or current is not transport:
+            return  # that connection is gone; a new one reads from the start
+        with contextlib.suppress(Exception):
+            transport.resume_reading()
+        self.context.logger.debug("xmpp %s: reading resumed", self.name)
 
     def _on_iq(self, iq: ET.Element) -> None:
         kind = iq.get("type")
@@ -472,6 +681,9 @@ class XmppAdapter(Adapter):
 
     def _finished(self, lane: _Lane, _task: object) -> None:
         self._in_flight -= 1
+        self._pending -= 1
+        if self._paused is not None and self._pending <= self.settings.inbound_pending_max // 2:
+            self._resume_reading()
         lane.running -= 1
         if not lane.running:
             lane.exclusive = False
@@ -577,6 +789,8 @@ class XmppAdapter(Adapter):
         mapped = self._mapper.stanzas(envelope)
         for loss in mapped.losses:
             self.context.count("xmpp_losses", adapter=self.name, field=loss.field)
+        if not self._session.is_set() and self._down_long():
+            raise self._down_error()  # not queued: the core keeps it and tries again
         item = self._queue(mapped.value)
         loop = asyncio.get_running_loop()
         item.deadline = loop.time() + self.settings.send_timeout
@@ -613,18 +827,32 @@ class XmppAdapter(Adapter):
     async def report(self, envelope: Envelope, error: GatewayError) -> None:
         """The final failure of an envelope that came from XMPP, as a stanza error."""
         stanza = self._mapper.error_to_native(envelope, error)
-        self._queue([stanza])
+        self._queue([stanza], detached=True)
 
-    def _queue(self, stanzas: list[ET.Element]) -> _Outgoing:
+    def _queue(self, stanzas: list[ET.Element], *, detached: bool = False) -> _Outgoing:
         """Queue stanzas for the writer, serialised now: a stanza that cannot be written
-        raises MappingError here, to the caller, instead of failing a whole batch later."""
+        raises MappingError here, to the caller, instead of failing a whole batch later.
+        A ``detached`` item has no caller waiting: its outcome is retrieved here (a
+        bounced error report is logged by :meth:`_settle_detached`), never left for
+        asyncio to complain about."""
         wire = b"".join(serialize(s) for s in stanzas)
         loop = asyncio.get_running_loop()
         ids = tuple(s.get("id", "") for s in stanzas)
-        item = _Outgoing(stanzas, loop.create_future(), ids, wire)
+        item = _Outgoing(stanzas, loop.create_future(), ids, wire, detached=detached)
+        if detached:
+            item.done.add_done_callback(self._settle_detached)
         self._outbound.append(item)
         self._outbound_ready.set()
         return item
+
+    def _settle_detached(self, done: asyncio.Future[Sent]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            self.context.logger.info(
+                "xmpp %s: a stanza of its own was not sent: %s", self.name, error
+            )
 
     def _write(self, stanza: ET.Element) -> bool:
         return self._write_bytes(serialize(stanza))
@@ -685,13 +913,19 @@ class XmppAdapter(Adapter):
             # the batch and its barrier in one write: one system call, not one per stanza
             written = self._write_bytes(b"".join([*(i.wire for i in batch), serialize(ping)]))
             answered = False
-            if written:
+            pauses = self._pauses
+            while written:
                 try:
                     answered = await asyncio.wait_for(
                         asyncio.shield(barrier.answered), self.settings.barrier_timeout
                     )
+                    break
                 except TimeoutError:
-                    answered = False
+                    # the answer may wait unread while reading is paused for the core:
+                    # only a stream silent while read is dead
+                    if self._paused is None and self._pauses == pauses:
+                        break
+                    pauses = self._pauses
             self._barrier = None
             if not answered:
                 # not confirmed: back to the head of the queue, same ids on the rewrite
