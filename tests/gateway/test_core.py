@@ -288,11 +288,15 @@ async def test_presence_handshake_notify_and_restart(tmp_path: Path) -> None:
             "xmpp:alice@xmpp.example.com",
             P,
         )
+        await adapter(again, "xmpp").wait_sent(1)  # the last presence, restated at start
         await adapter(again, "xmpp").inject(op(Operation.SUBSCRIBE, W, P, "xmpp", 2, duration=0))
-        await adapter(again, "xmpp").wait_sent(1)
-        [answer] = adapter(again, "xmpp").sent
-    assert answer.operation is Operation.NOTIFY
+        await adapter(again, "xmpp").wait_sent(2)
+        restated, answer = adapter(again, "xmpp").sent
+    assert restated.operation is Operation.NOTIFY
+    assert restated.payload == doc
+    assert answer.operation is Operation.NOTIFY  # the probe's own answer, not the restatement
     assert answer.payload == doc
+    assert answer.identity != restated.identity
 
 
 async def test_undeliverable_subscribe_leaves_no_pending_subscription() -> None:
