@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -10,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from adapters.xmpp.adapter import XmppAdapter
 from adapters.xmpp.stanza import CARRIAGE_NS
 from canonical import cpim
 from canonical.envelope import Operation, Payload
+from tests.gateway.network import until
 from tests.servers.ejabberd import EjabberdServer
-from tests.xmpp.test_adapter_e2e import VECTORS, outbound, running
+from tests.xmpp.test_adapter_e2e import VECTORS, config, outbound, running
+from tests.xmpp.test_component_down import Lines, context, nothing
 from tests.xmpp.users import logged_in
 
 pytestmark = pytest.mark.e2e
@@ -60,3 +65,23 @@ async def test_message_flow_both_ways_through_ejabberd(ejabberd: EjabberdServer)
         element = got.xml.find(f"{{{CARRIAGE_NS}}}cpim")
         assert element is not None
         assert base64.b64decode(element.text or "") == payload.body
+
+
+async def test_a_wrong_secret_is_refused_by_ejabberd_with_the_fix_in_the_log(
+    ejabberd: EjabberdServer,
+) -> None:
+    lines = Lines()
+    settings = config(ejabberd, secret="not-the-secret", reconnect_initial=0.1)  # type: ignore[arg-type]
+    adapter = XmppAdapter("xmpp", settings, context(lines))
+    task = asyncio.create_task(adapter.run(nothing))
+    try:
+        await until(lambda: bool(lines.at(logging.ERROR)), within=15)
+        line = lines.at(logging.ERROR)[0]
+        assert f"refused component {ejabberd.component}" in line
+        assert "not-authorized" in line
+        assert "ejabberd.yml" in line
+        assert not adapter.ready()
+        assert not task.done()
+    finally:
+        await adapter.stop()
+        await asyncio.wait_for(task, 10)
