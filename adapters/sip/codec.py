@@ -835,11 +835,28 @@ class StreamFramer:
         self.limits = limits
         self._buffer = bytearray()
         self._head: _Head | None = None
+        self._framed: list[Message] = []
         self.keepalives = 0
 
     def feed(self, data: bytes) -> list[Message]:
+        """The complete messages in the stream so far. On a :class:`ParseError` the
+        messages cut before the faulty one in the same call are kept for
+        :meth:`take_framed`, so a good message ahead of a bad one is not lost."""
         self._buffer += data
         out: list[Message] = []
+        try:
+            self._cut(out)
+        except ParseError:
+            self._framed = out
+            raise
+        return out
+
+    def take_framed(self) -> list[Message]:
+        """The messages cut before the last :class:`ParseError` of :meth:`feed`, once."""
+        framed, self._framed = self._framed, []
+        return framed
+
+    def _cut(self, out: list[Message]) -> None:
         buf = self._buffer
         while True:
             if self._head is None:
@@ -872,7 +889,6 @@ class StreamFramer:
             del buf[:end]
             self._head = None
             out.append(_make(head, raw, body, raw))
-        return out
 
     @property
     def pending(self) -> int:

@@ -248,6 +248,8 @@ class _StreamProtocol(asyncio.Protocol):
                 messages = self.framer.feed(data)
                 break
             except ParseError as exc:
+                for message in self.framer.take_framed():  # the good ones ahead of it, in order
+                    self.transports._deliver(message, link.peer, link)
                 rest = self._malformed(exc, data)
                 if rest is None:
                     return

@@ -269,3 +269,33 @@ def test_connection_limits_are_configurable() -> None:
         proxy="sip:127.0.0.1:5060", domains=["x.test"], max_connections=10, idle_timeout=30
     )
     assert (tight.max_connections, tight.idle_timeout) == (10, 30.0)
+
+
+async def test_a_good_message_ahead_of_a_bad_one_in_the_same_segment_is_still_served(
+    server: Server,
+) -> None:
+    port = server.endpoint.local("TCP").port
+    good = stream_request("MESSAGE", port, "Content-Type: text/plain", body=b"hi", call="good")
+    bad = stream_request("MESSAGE", port, call="bad").replace(
+        b"Content-Length: 0", b"Content-Length: 4x"
+    )
+    async with connection(port) as (reader, writer):
+        writer.write(good + bad)  # one write: the framer cuts both from one chunk
+        rest = await closed(reader, 5.0)
+    answers = StreamFramer().feed(rest)
+    # the good request was handed on (its 202 may miss the closing connection: RFC 3261
+    # §18.2.2 has the server open a new one to the Via), the bad one answered 400
+    assert [(a.status, a.call_id) for a in answers if isinstance(a, Response)][-1:] == [
+        (400, "bad@test")
+    ]
+    assert [r.call_id for r in server.received] == ["good@test"]
+
+
+def test_the_framer_keeps_what_it_cut_before_a_fault_for_the_caller() -> None:
+    good = stream_request("OPTIONS", 5060, call="one")
+    bad = stream_request("OPTIONS", 5060, call="two").replace(b"Content-Length: 0\r\n", b"")
+    framer = StreamFramer()
+    with pytest.raises(ParseError):
+        framer.feed(good + bad)
+    assert [m.call_id for m in framer.take_framed()] == ["one@test"]
+    assert framer.take_framed() == []
