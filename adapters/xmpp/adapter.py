@@ -361,6 +361,7 @@ class XmppAdapter(Adapter):
     def _on_lost(self, _event: object) -> None:
         if self._session.is_set():
             self._unavailable_since = asyncio.get_running_loop().time()
+            self._problem = "connection lost; reconnecting"  # run() says more once it knows
         self._session.clear()
         self._lost.set()
         self._paused = None  # that transport is gone; the next one starts reading
