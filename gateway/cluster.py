@@ -534,6 +534,10 @@ class Exclusive(Adapter):
     def ready(self) -> bool:
         return self.inner.ready() if self.holding else True
 
+    def not_ready_reason(self) -> str | None:
+        """The running instance's reason for being down (a standby has none)."""
+        return self.inner.not_ready_reason() if self.holding else None
+
     def serving(self) -> bool:
         """True while this node runs the adapter and it is connected."""
         return self.holding and self.inner.ready()

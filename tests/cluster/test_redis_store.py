@@ -605,3 +605,30 @@ async def test_one_presence_event_is_fanned_out_once_however_many_nodes_see_it(
     other_watcher = await b.commit(notify("dialog-3", "xmpp:cy@x.test", b"<presence>on</presence>"))
     new_state = await b.commit(notify("dialog-4", "xmpp:al@x.test", b"<presence>off</presence>"))
     assert (len(other_watcher.ids), len(new_state.ids)) == (1, 1)
+
+
+class DownAdapter(MemoryAdapter):
+    """A memory adapter that says why it is down, as a refused XMPP handshake does."""
+
+    def not_ready_reason(self) -> str | None:
+        return "the server refused the component: check the secret"
+
+
+async def test_an_exclusive_adapter_passes_on_why_it_is_down_only_where_it_runs(
+    make: Make,
+) -> None:
+    a, b = make("a"), make("b")
+    await a.open()
+    await b.open()
+    context = AdapterContext(gateway_id="gw")
+    on_a = Exclusive(DownAdapter("mem", MemoryConfig(), context), a)
+    on_b = Exclusive(DownAdapter("mem", MemoryConfig(), context), b)
+    run_a = asyncio.create_task(on_a.run(Recorder()))
+    assert await until_true(lambda: on_a.holding)
+    run_b = asyncio.create_task(on_b.run(Recorder()))
+    await asyncio.sleep(FAST.ttl * 2)
+    assert on_a.not_ready_reason() == "the server refused the component: check the secret"
+    assert on_b.not_ready_reason() is None, "a standby is not down"
+    await on_a.stop()
+    await on_b.stop()
+    await asyncio.wait_for(asyncio.gather(run_a, run_b), 5)
