@@ -473,6 +473,18 @@ class Header:
 # _Layout when needed.
 _Head = tuple[str, str | None, str, str, bool]
 _Record = tuple[_Head, str | None, str, int | None]
+# What a CPIM block read by the lean front is apart from its values (the same for every
+# block with the same heads and NS values): each line's head parts and namespace, the NS
+# lines ``(index, value)`` the namespaces depend on, where the core From is (-1: none),
+# where the core To and cc headers are.
+_Skeleton = tuple[
+    tuple[_Head, ...],
+    tuple[str | None, ...],
+    tuple[tuple[int, str], ...],
+    int,
+    tuple[int, ...],
+    tuple[int, ...],
+]
 # Where the parts are: outer MIME headers, first CPIM header, end of the CPIM block,
 # entity headers (None: split on first use), body offset, the defects found while
 # reading, and whether the CPIM lines still have their line-level checks to run (lenient
@@ -552,7 +564,17 @@ class CpimMessage:
     Make one with :func:`parse`, :func:`parse_body` or :func:`build`.
     """
 
-    __slots__ = ("_data", "_defects", "_form", "_frame", "_memo", "_policy", "_records")
+    __slots__ = (
+        "_data",
+        "_defects",
+        "_form",
+        "_frame",
+        "_memo",
+        "_parts",
+        "_policy",
+        "_recs",
+        "_skeleton",
+    )
 
     def __init__(  # noqa: PLR0917 - internal constructor
         self,
@@ -571,7 +593,9 @@ class CpimMessage:
         self._data = data
         self._form = form
         self._policy = policy
-        self._records = records
+        self._recs: list[_Record] | None = records
+        self._parts: list[tuple[str, str, str]] | None = None
+        self._skeleton: _Skeleton | None = None
         self._frame = frame
         self._defects = defects
 
@@ -665,6 +689,19 @@ class CpimMessage:
             f"{len(self._data) - self._frame[4]} body bytes>"
         )
 
+    @property
+    def _records(self) -> list[_Record]:
+        """The CPIM header records, made on first use from the lines split at their first
+        SP and the block's skeleton when the lean front read a known block."""
+        records = self._recs
+        if records is None:
+            skeleton = self._skeleton
+            parts = self._parts
+            assert skeleton is not None
+            assert parts is not None
+            records = self._recs = _records_of(skeleton, parts)
+        return records
+
     def _memory(self) -> dict[str, Any]:
         try:
             return self._memo
@@ -717,6 +754,12 @@ class CpimMessage:
         A malformed value (lenient mode) gives a best-effort Party: the URI is what the
         last ``<...>`` holds, or the whole value.
         """
+        skeleton = self._skeleton
+        if skeleton is not None:  # where the From is, known from the block's skeleton
+            k = skeleton[3]
+            parts = self._parts
+            assert parts is not None
+            return None if k < 0 else _party_of(parts[k][2])
         for record in self._records:
             if record[0][2] == "From" and record[1] == CPIM_NS:
                 return _party_of(record[2])
@@ -725,6 +768,14 @@ class CpimMessage:
     @property
     def to(self) -> tuple[Party, ...]:
         """Every To header in order (RFC 3862 §4.2)."""
+        skeleton = self._skeleton
+        if skeleton is not None:
+            parts = self._parts
+            assert parts is not None
+            where = skeleton[4]
+            if len(where) == 1:  # the common case
+                return (_party_of(parts[where[0]][2]),)
+            return tuple(_party_of(parts[k][2]) for k in where)
         found = []
         for record in self._records:
             if record[0][2] == "To" and record[1] == CPIM_NS:
@@ -734,6 +785,14 @@ class CpimMessage:
     @property
     def cc(self) -> tuple[Party, ...]:
         """Every cc header in order (RFC 3862 §4.3)."""
+        skeleton = self._skeleton
+        if skeleton is not None:
+            parts = self._parts
+            assert parts is not None
+            where = skeleton[5]
+            if len(where) == 1:  # the common case
+                return (_party_of(parts[where[0]][2]),)
+            return tuple(_party_of(parts[k][2]) for k in where)
         found = []
         for record in self._records:
             if record[0][2] == "cc" and record[1] == CPIM_NS:
@@ -1052,45 +1111,37 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
         else "\r" in (joined := "".join(lines + elines)) or "\n" in joined
     ):
         return _parse_general(data, form, policy)
-    records: list[_Record] = []
-    append = records.append
-    heads = _HEADS.get
-    ns_values = _NS_VALUES.get
-    default: str | None = CPIM_NS
-    bindings: dict[str | None, str] = {}
-    for name, _, value in map(_PARTITION, lines, _SPACES):
-        info = heads(name)
-        if info is None:  # an unknown head: read, then remembered
-            info = _read_head(name)
-            if info is None:
-                if '"' not in name:
-                    return _parse_general(data, form, policy)
-                # a quoted String parameter
-                info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
-                if info is None:
-                    return _parse_general(data, form, policy)
-        if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
-            prefix = info[1]
-            namespace = default if prefix is None else bindings.get(prefix)
-            if info[2] == "NS" and namespace == CPIM_NS:
-                binding = ns_values(value) or _read_ns(value)
-                if binding is not None:
-                    bindings[binding[0]] = binding[1]
-                    if binding[0] is None:
-                        default = binding[1]
-            append((info, namespace, value, None))
-        else:
-            append((info, default, value, None))
+    # The CPIM lines (§3): a block whose sequence of heads (and NS values) was read before
+    # has the same names, namespaces and parameters; only the values are new.
+    parts = list(map(_PARTITION, lines, _SPACES))
+    skeleton = _SKELETONS.get(tuple(map(_HEAD_OF, parts)))
+    if skeleton is not None:
+        for k, ns_value in skeleton[2]:
+            if parts[k][2] != ns_value:
+                skeleton = None
+                break
+    records: list[_Record] | None = None
+    if skeleton is None:
+        records, skeleton = _read_parts(parts, lines)
+        if records is None:
+            return _parse_general(data, form, policy)
     # The entity's headers: Content-Type first, then known names; split on first use.
     if not elines[0].startswith(_CONTENT_TYPE_HEADS):
         return _parse_general(data, form, policy)
-    if len(elines) > 1:
+    if len(elines) == 2:  # the second most common case: Content-Type and one more
+        name, colon, _ = elines[1].partition(":")
+        if not colon or name not in _MIME_NAMES:
+            return _parse_general(data, form, policy)
+    elif len(elines) > 2:
         names = _MIME_NAMES
         for name, colon, _ in map(_PARTITION, elines[1:], _COLONS):
             if not colon or name not in names:
                 return _parse_general(data, form, policy)
     found: tuple[Defect, ...] | None = None
     if strict:
+        if records is None:
+            assert skeleton is not None
+            records = _records_of(skeleton, parts)
         if "" in map(_VALUE, records):  # a line ending at its head: diagnosed there
             return _parse_general(data, form, policy)
         faults = _Faults(data, True)
@@ -1100,7 +1151,9 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     msg._data = data
     msg._form = form
     msg._policy = policy
-    msg._records = records
+    msg._recs = records
+    msg._parts = parts
+    msg._skeleton = skeleton
     msg._frame = (
         _CANONICAL_MIME_HEADERS if h0 else (),
         h0,
@@ -1115,6 +1168,79 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
 
 
 _new_message = object.__new__
+_HEAD_OF = operator.itemgetter(0)
+_NONES = itertools.repeat(None)
+
+
+def _records_of(skeleton: _Skeleton, parts: list[tuple[str, str, str]]) -> list[_Record]:
+    """The records of a block read through its skeleton: what :func:`_read_parts` makes."""
+    return list(zip(skeleton[0], skeleton[1], map(_VALUE, parts), _NONES, strict=False))
+
+
+def _read_parts(
+    parts: list[tuple[str, str, str]], lines: list[str]
+) -> tuple[list[_Record] | None, _Skeleton | None]:
+    """The records of CPIM lines split at their first SP, when each starts with a valid
+    head (None otherwise), names resolved through NS (§3.4), and the block's skeleton: a
+    block of plain heads (no quoted String parameter) is remembered (:data:`_SKELETONS`).
+    """
+    records: list[_Record] = []
+    append = records.append
+    heads = _HEADS.get
+    ns_values = _NS_VALUES.get
+    default: str | None = CPIM_NS
+    bindings: dict[str | None, str] = {}
+    quoted = False
+    for name, _, value in parts:
+        info = heads(name)
+        if info is None:  # an unknown head: read, then remembered
+            info = _read_head(name)
+            if info is None:
+                if '"' not in name:
+                    return None, None
+                # a quoted String parameter
+                info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
+                if info is None:
+                    return None, None
+                quoted = True
+        if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
+            prefix = info[1]
+            namespace = default if prefix is None else bindings.get(prefix)
+            if info[2] == "NS" and namespace == CPIM_NS:
+                binding = ns_values(value) or _read_ns(value)
+                if binding is not None:
+                    bindings[binding[0]] = binding[1]
+                    if binding[0] is None:
+                        default = binding[1]
+            append((info, namespace, value, None))
+        else:
+            append((info, default, value, None))
+    if quoted or len(parts) > _SKELETON_LINES:
+        return records, None
+    parties = [k for k, r in enumerate(records) if r[0][2] in _PARTY_HEADERS and r[1] == CPIM_NS]
+    skeleton: _Skeleton = (
+        tuple([r[0] for r in records]),
+        tuple([r[1] for r in records]),
+        tuple([(k, r[2]) for k, r in enumerate(records) if r[0][2] == "NS"]),
+        next((k for k in parties if records[k][0][2] == "From"), -1),
+        tuple([k for k in parties if records[k][0][2] == "To"]),
+        tuple([k for k in parties if records[k][0][2] == "cc"]),
+    )
+    if len(_SKELETONS) < _SKELETONS_MAX:
+        key = tuple(map(_HEAD_OF, parts))
+        if sum(map(len, key)) + sum(len(v) for _, v in skeleton[2]) <= _SKELETON_SIZE:
+            _SKELETONS[key] = skeleton
+    return records, skeleton
+
+
+#: CPIM header blocks already read, by their sequence of heads (``Name:params`` before the
+#: first SP of each line). Keys and the NS values an entry depends on are header names
+#: and namespace URIs, which recur from message to message, never other values; bounded
+#: like the other caches (at most _SKELETONS_MAX entries of _SKELETON_SIZE characters).
+_SKELETONS: dict[tuple[str, ...], _Skeleton] = {}
+_SKELETONS_MAX: Final = 1024
+_SKELETON_LINES: Final = 32
+_SKELETON_SIZE: Final = 1024
 _SPLIT_LIMIT: Final = 8192
 _MIME_LINE: Final = MIME_HEADER[:-2]
 _PARTITION = str.partition
@@ -1998,23 +2124,38 @@ def _read_party(value: str) -> Party:
 
 def _party_of(value: str) -> Party:
     """:func:`_read_party`, with a fast path for the common ``Name <uri>`` and ``<uri>``
-    (same result: a property test holds them equal)."""
-    m = _SIMPLE_PARTY(value)
-    if m is not None:
-        name, uri = m.groups()
-        if name is None or name[-1] != " ":
+    (same result: a property test holds them equal).
+
+    The fast path takes what ``(?:([^<" ][^<"]*) )?<([^<]*)>`` matches in full whose name
+    does not end with SP: a name (first character not SP, no ``<`` or ``"``, last
+    character not SP), SP, ``<``, a URI without ``<``, ``>``; or ``<``, URI, ``>``.
+    """
+    if value[:1] == "<":
+        uri = value[1:-1]
+        if value[-1] == ">" and "<" not in uri:
+            party = _new_party(Party)
+            _set_formal_name(party, None)
+            _set_uri(party, uri)
+            return party
+    else:
+        name, sep, uri = value.partition(" <")
+        if (
+            sep
+            and name
+            and uri[-1:] == ">"
+            and "<" not in uri
+            and "<" not in name
+            and '"' not in name
+            and name[0] != " "
+            and name[-1] != " "
+        ):
             party = _new_party(Party)
             _set_formal_name(party, name)
-            _set_uri(party, uri)
+            _set_uri(party, uri[:-1])
             return party
     return _read_party(value)
 
 
-# ``Name <uri>`` (the name without '<' or '"', not starting or ending with SP) or ``<uri>``,
-# the URI without '<'.
-_SIMPLE_PARTY = re.compile(r'(?:([^<" ][^<"]*) )?<([^<]*)>').fullmatch
-# A Party made without the frozen dataclass __init__ (object.__setattr__ per field): the
-# views make one per From/To/cc on every relayed message.
 _new_party = object.__new__
 _set_formal_name: Callable[[Party, str | None], None] = vars(Party)["formal_name"].__set__
 _set_uri: Callable[[Party, str], None] = vars(Party)["uri"].__set__
