@@ -99,4 +99,6 @@ async def test_non_canonical_escape_is_answered_jid_malformed_by_the_gateway(
         )
     assert error_condition(error) == "jid-malformed", str(error)
     text = error.xml.findtext("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}text")
-    assert text is not None and "JID_MALFORMED" in text and "not canonically escaped" in text
+    assert text is not None, str(error)
+    assert "JID_MALFORMED" in text, text
+    assert "not canonically escaped" in text, text
