@@ -10,8 +10,9 @@ Why this shape:
 - **Group commit**: every operation is queued to one pump. It runs all the operations
   queued while the previous transaction was committing in a single transaction, so many
   concurrent ``deliver`` calls share one fsync. The statements run on the event loop's
-  thread (microseconds each, no locks); only ``COMMIT`` — the fsync — runs in a worker
-  thread. One failing operation fails alone: the batch is then replayed one by one.
+  thread (microseconds each, no locks); ``BEGIN IMMEDIATE`` — the wait for the write lock
+  another process may hold — and ``COMMIT`` — the fsync — run in the store's thread. One
+  failing operation fails alone: the batch is then replayed one by one.
 - **The hot path does not read the database**: a serving store keeps the pending,
   unclaimed entries of this node in memory (loaded at :meth:`open`); :meth:`claim` pops
   them from a heap. Once per ``poll_interval`` it reads a counter that ``cpimgw queue
@@ -246,9 +247,11 @@ class _Pump:
     """Runs queued operations in batches, one transaction per batch (group commit).
 
     The statements run on the event loop's thread (they are fast and need no locking:
-    only the pump touches the connection); only ``COMMIT`` — where SQLite fsyncs the WAL
-    and checkpoints it now and then — goes to a worker thread, and the operations queued
-    meanwhile form the next batch. One thread hop per batch, no lock ping-pong per row.
+    only the pump touches the connection); ``BEGIN IMMEDIATE`` — which waits for another
+    connection's write lock — and ``COMMIT`` — where SQLite fsyncs the WAL and
+    checkpoints it now and then — go to the store's own thread, and the operations queued
+    meanwhile form the next batch. Two thread hops per batch, no lock ping-pong per row,
+    and the loop never waits for the file's write lock.
     """
 
     def __init__(self, conn: sqlite3.Connection, synchronous: Synchronous) -> None:
@@ -316,8 +319,12 @@ class _Pump:
     async def _transaction(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
         conn = self.conn
         results: list[tuple[_Op, Any, BaseException | None]] = []
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            # BEGIN IMMEDIATE takes the write lock, waiting up to busy_timeout while another
+            # connection holds it (an operator's `cpimgw queue drop`): in the commit thread,
+            # so the loop goes on serving meanwhile. Once it is held, the statements below
+            # wait for no lock.
+            await self.committer.run(conn.execute, "BEGIN IMMEDIATE")
             for op in batch:
                 try:
                     results.append((op, op.fn(conn), None))

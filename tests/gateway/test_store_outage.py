@@ -5,6 +5,7 @@ counted, and deliveries resume when the lock is released."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,10 +25,20 @@ class Locker:
     """Another connection to the same file that takes and releases its write lock."""
 
     def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, isolation_level=None)
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=0)
 
-    def lock(self) -> None:
-        self.conn.execute("BEGIN EXCLUSIVE")
+    async def lock(self) -> None:
+        """Take the write lock once the gateway's store has committed what it holds (it
+        holds the lock across loop turns while a batch runs: waiting for it on the loop
+        would stall the store it waits for)."""
+        for _ in range(5000):
+            try:
+                self.conn.execute("BEGIN EXCLUSIVE")
+            except sqlite3.OperationalError:
+                await asyncio.sleep(0.001)
+            else:
+                return
+        raise AssertionError("the store kept the write lock for seconds")
 
     def release(self) -> None:
         if self.conn.in_transaction:
@@ -66,7 +77,7 @@ async def test_dispatcher_survives_a_locked_store_and_deliveries_resume(tmp_path
         await adapter(gw, "xmpp").inject(message(text="before"))
         await sip.wait_sent(1)
         with locker_of(path) as locker:
-            locker.lock()
+            await locker.lock()
             await until(lambda: not gw.ready()["store"])
             assert errors(gw, "dispatch") >= 1
             locker.release()
@@ -89,7 +100,7 @@ class LockingAdapter(MemoryAdapter):
     async def send(self, envelope: Envelope) -> Sent:
         if self.attempts == 0:
             self.attempts += 1
-            self.locker.lock()
+            await self.locker.lock()
             raise DeliveryError("busy", retryable=True, reason=Reason.UNAVAILABLE)
         return await super().send(envelope)
 
