@@ -40,11 +40,13 @@ from adapters.contract import (
     AdapterContext,
     Capability,
     Deliver,
+    Receipt,
     Sample,
     Sent,
 )
 from adapters.sip import header as hdr
 from adapters.sip import mapping
+from adapters.sip.admission import Admission
 from adapters.sip.codec import Limits, Request, Response
 from adapters.sip.digest import Credential, DigestClient, DigestServer
 from adapters.sip.endpoint import Endpoint, Incoming, new_tag
@@ -152,6 +154,13 @@ class SipConfig(AdapterConfig):
     max_headers: int = Field(default=256, ge=16)
     max_connections: int = Field(default=1024, ge=1, description="inbound TCP/TLS connections")
     idle_timeout: float = Field(default=300.0, gt=0, description="close quiet inbound streams")
+    overload_delay: float = Field(
+        default=0.2, ge=0, le=60, description="503 to new requests past this answer delay (0: off)"
+    )
+    overload_pending: int = Field(
+        default=1000, ge=0, description="503 to new requests past this many in the core (0: off)"
+    )
+    overload_retry_after: int = Field(default=5, ge=1, le=3600, description="Retry-After of 503s")
     notice_from: str | None = None
     user_agent: str = "cpimgw"
 
@@ -264,6 +273,9 @@ class SipAdapter(Adapter):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._chains: dict[tuple[str, str], asyncio.Task[Response]] = {}
         self._fronted_hosts: dict[str, bool] = {}  # host -> one of our domains?
+        self._admission = Admission(
+            max_pending=config.overload_pending, max_delay=config.overload_delay
+        )
 
     @classmethod
     def sample(cls) -> Sample:
@@ -306,7 +318,7 @@ class SipAdapter(Adapter):
 
     async def run(self, deliver: Deliver) -> None:
         """Listen, serve until :meth:`stop`."""
-        self._deliver = deliver
+        self._deliver = self._measured(deliver)
         try:
             tls_server, tls_client = self._tls_contexts()
         except (OSError, ssl.SSLError) as exc:
@@ -390,6 +402,48 @@ class SipAdapter(Adapter):
             task.cancel()
         self._stopped.set()
 
+    def _measured(self, deliver: Deliver) -> Deliver:
+        """``deliver`` timed for admission control (:mod:`adapters.sip.admission`): every
+        call the core answers, refused or not, tells how long it takes the core to answer."""
+        admission = self._admission
+        loop = asyncio.get_running_loop()
+
+        async def measured(envelope: Envelope) -> Receipt:
+            began = admission.begin(loop.time())
+            try:
+                return await deliver(envelope)
+            finally:
+                admission.end(began, loop.time())
+
+        return measured
+
+    def _shed(self, incoming: Incoming, now: float) -> None:
+        """Refuse a new request while overloaded: 503 with Retry-After (RFC 3261 §21.5.4,
+        RFC 6357 §3), counted, logged at most every ``LOG_INTERVAL`` seconds."""
+        admission = self._admission
+        method = incoming.request.method
+        self.count("sip_overload_rejections_total", method=method)
+        incoming.respond(
+            503,
+            "Service Unavailable",
+            extra=(
+                ("Retry-After", str(self.settings.overload_retry_after)),
+                ("Warning", '399 cpimgw "overloaded: the gateway cannot take it in time"'),
+            ),
+        )
+        refused = admission.refuse(now)
+        if refused:
+            self.log.warning(
+                "SIP overload: %d new request(s) refused with 503 since the last such line "
+                "(%d in the core, the last answered after %.0f ms; overload_pending = %d, "
+                "overload_delay = %g s); requests already taken are answered",
+                refused,
+                admission.pending,
+                admission.delay * 1000,
+                admission.max_pending,
+                admission.max_delay,
+            )
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -442,6 +496,13 @@ class SipAdapter(Adapter):
                 ),
             )
             return
+        if request.method == "MESSAGE" or (request.method == "SUBSCRIBE" and not request.to.tag):
+            # new work (not in a dialog): refused at once while the core cannot take it in
+            # time; responses, NOTIFYs and refreshes keep flowing (docs/sip.md "Overload")
+            now = asyncio.get_running_loop().time()
+            if self._admission.overloaded(now):
+                self._shed(incoming, now)
+                return
         if self._server_auth is not None and not self._authenticated(incoming):
             return
         try:
