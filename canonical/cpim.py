@@ -474,13 +474,15 @@ class Header:
 _Head = tuple[str, str | None, str, str, bool]
 _Record = tuple[_Head, str | None, str, int | None]
 # What a CPIM block read by the lean front is apart from its values (the same for every
-# block with the same heads and NS values): each line's head parts and namespace, the NS
-# lines ``(index, value)`` the namespaces depend on, where the core From is (-1: none),
-# where the core To and cc headers are.
+# block with the same heads and NS values): each line's head parts and namespace, what
+# must be checked per line ``(index, text, quoted)`` (the value of an NS line, which the
+# namespaces depend on; the whole head and its SP of a line whose head has a quoted String
+# parameter, which may hold SP), where the core From is (-1: none), where the core To
+# and cc headers are.
 _Skeleton = tuple[
     tuple[_Head, ...],
     tuple[str | None, ...],
-    tuple[tuple[int, str], ...],
+    tuple[tuple[int, str, bool], ...],
     int,
     tuple[int, ...],
     tuple[int, ...],
@@ -775,7 +777,7 @@ class CpimMessage:
             where = skeleton[4]
             if len(where) == 1:  # the common case
                 return (_party_of(parts[where[0]][2]),)
-            return tuple(_party_of(parts[k][2]) for k in where)
+            return tuple([_party_of(parts[k][2]) for k in where])
         found = []
         for record in self._records:
             if record[0][2] == "To" and record[1] == CPIM_NS:
@@ -792,7 +794,7 @@ class CpimMessage:
             where = skeleton[5]
             if len(where) == 1:  # the common case
                 return (_party_of(parts[where[0]][2]),)
-            return tuple(_party_of(parts[k][2]) for k in where)
+            return tuple([_party_of(parts[k][2]) for k in where])
         found = []
         for record in self._records:
             if record[0][2] == "cc" and record[1] == CPIM_NS:
@@ -1116,10 +1118,17 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     parts = list(map(_PARTITION, lines, _SPACES))
     skeleton = _SKELETONS.get(tuple(map(_HEAD_OF, parts)))
     if skeleton is not None:
-        for k, ns_value in skeleton[2]:
-            if parts[k][2] != ns_value:
-                skeleton = None
-                break
+        for k, text, quoted in skeleton[2]:
+            if quoted:  # a head with a quoted String parameter, which may hold SP
+                line = lines[k]
+                if line.startswith(text):
+                    parts[k] = (text[:-1], " ", line[len(text) :])
+                    continue
+            elif parts[k][2] == text:  # an NS value
+                continue
+            skeleton = None
+            parts = list(map(_PARTITION, lines, _SPACES))  # undo what was patched
+            break
     records: list[_Record] | None = None
     if skeleton is None:
         records, skeleton = _read_parts(parts, lines)
@@ -1181,8 +1190,9 @@ def _read_parts(
     parts: list[tuple[str, str, str]], lines: list[str]
 ) -> tuple[list[_Record] | None, _Skeleton | None]:
     """The records of CPIM lines split at their first SP, when each starts with a valid
-    head (None otherwise), names resolved through NS (§3.4), and the block's skeleton: a
-    block of plain heads (no quoted String parameter) is remembered (:data:`_SKELETONS`).
+    head (None otherwise), names resolved through NS (§3.4), and the block's skeleton,
+    remembered (:data:`_SKELETONS`). A line whose head has a quoted String parameter gets
+    its real value in ``parts`` too.
     """
     records: list[_Record] = []
     append = records.append
@@ -1190,7 +1200,7 @@ def _read_parts(
     ns_values = _NS_VALUES.get
     default: str | None = CPIM_NS
     bindings: dict[str | None, str] = {}
-    quoted = False
+    quoted: list[tuple[int, str, bool]] = []
     for name, _, value in parts:
         info = heads(name)
         if info is None:  # an unknown head: read, then remembered
@@ -1199,10 +1209,11 @@ def _read_parts(
                 if '"' not in name:
                     return None, None
                 # a quoted String parameter
-                info, value = _read_quoted_head(lines[len(records)], name, value)  # noqa: PLW2901
+                line = lines[len(records)]
+                info, value = _read_quoted_head(line, name, value)  # noqa: PLW2901
                 if info is None:
                     return None, None
-                quoted = True
+                quoted.append((len(records), line[: len(line) - len(value)], True))
         if info[4]:  # prefixed, or NS: resolve through the bindings (§3.4)
             prefix = info[1]
             namespace = default if prefix is None else bindings.get(prefix)
@@ -1215,21 +1226,26 @@ def _read_parts(
             append((info, namespace, value, None))
         else:
             append((info, default, value, None))
-    if quoted or len(parts) > _SKELETON_LINES:
+    key = tuple(map(_HEAD_OF, parts))
+    for k, text, _ in quoted:  # the value is after the whole head, not the first SP
+        parts[k] = (text[:-1], " ", records[k][2])
+    checks = quoted + [(k, r[2], False) for k, r in enumerate(records) if r[0][2] == "NS"]
+    if len(parts) > _SKELETON_LINES or (
+        quoted and any(records[k][0][2] == "NS" for k, *_ in quoted)
+    ):
         return records, None
     parties = [k for k, r in enumerate(records) if r[0][2] in _PARTY_HEADERS and r[1] == CPIM_NS]
     skeleton: _Skeleton = (
         tuple([r[0] for r in records]),
         tuple([r[1] for r in records]),
-        tuple([(k, r[2]) for k, r in enumerate(records) if r[0][2] == "NS"]),
+        tuple(sorted(checks)),
         next((k for k in parties if records[k][0][2] == "From"), -1),
         tuple([k for k in parties if records[k][0][2] == "To"]),
         tuple([k for k in parties if records[k][0][2] == "cc"]),
     )
-    if len(_SKELETONS) < _SKELETONS_MAX:
-        key = tuple(map(_HEAD_OF, parts))
-        if sum(map(len, key)) + sum(len(v) for _, v in skeleton[2]) <= _SKELETON_SIZE:
-            _SKELETONS[key] = skeleton
+    size = sum(map(len, key)) + sum(len(text) for _, text, _ in skeleton[2])
+    if len(_SKELETONS) < _SKELETONS_MAX and size <= _SKELETON_SIZE:
+        _SKELETONS[key] = skeleton
     return records, skeleton
 
 

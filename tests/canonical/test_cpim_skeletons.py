@@ -135,3 +135,21 @@ def test_remembered_skeletons_are_bounded() -> None:
 def test_fast_party_reading_of_party_shaped_values_equals_the_general_one(value: str) -> None:
     if value:
         assert cpim._party_of(value) == cpim._read_party(value)
+
+
+def test_a_quoted_parameter_holding_sp_is_read_per_message() -> None:
+    def message(head: str, value: str) -> bytes:
+        return _message("Feat <urn:f>", "From: <im:a@b>", f"{head} {value}")
+
+    one = cpim.parse(message('Feat.Label:;name="Top secret"', "one"))
+    two = cpim.parse(message('Feat.Label:;name="Top secret"', "two words"))
+    other = cpim.parse(message('Feat.Label:;name="Top dog"', "three"))
+    assert one.headers[2].value == "one"
+    assert two.headers[2].value == "two words"
+    assert other.headers[2].params == (("name", "Top dog"),)
+    assert other.headers[2].value == "three"
+    for msg in (one, two, other):
+        data = bytes(msg)
+        assert _observe(cpim._parse, data, "entity", Policy()) == _observe(
+            cpim._parse_general, data, "entity", Policy()
+        )
