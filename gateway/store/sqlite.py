@@ -112,6 +112,10 @@ _ENTRY_COLUMNS = (
 #: Version tag of the stored envelope encoding (first element of the JSON array).
 ENCODING = 1
 
+#: One encoder for every row (``json.dumps`` with options builds a new one per call);
+#: the same bytes as ``json.dumps(meta, separators=(",", ":"))``.
+_encode_meta = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
 
 def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
     """The envelope as (a compact JSON array without the payload body, the body bytes):
@@ -134,7 +138,7 @@ def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
         [[loss.field, loss.detail] for loss in envelope.losses],
         dict(envelope.attributes),
     ]
-    return json.dumps(meta, separators=(",", ":")), None if payload is None else payload.body
+    return _encode_meta(meta), None if payload is None else payload.body
 
 
 def decode_envelope(meta: str, body: bytes | None) -> Envelope:
@@ -596,6 +600,7 @@ class SqliteStore:
                 if cur.rowcount == 0:
                     return Accepted(duplicate=True), []
             made: list[Entry] = []
+            ids: list[str] = []
             for out, meta, body in encoded:
                 cur = conn.execute(
                     "INSERT INTO queue (identity, target, state, attempts, next_at, created_at,"
@@ -610,9 +615,11 @@ class SqliteStore:
                         body,
                     ),
                 )
+                entry_id = str(cur.lastrowid)
+                ids.append(entry_id)
                 made.append(
                     Entry(
-                        id=str(cur.lastrowid),
+                        id=entry_id,
                         target=out.target,
                         envelope=out.envelope,
                         state=EntryState.PENDING,
@@ -647,7 +654,7 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO presence VALUES (?, ?, ?, ?, ?)",
                     (p.presentity, p.payload.content_type, p.payload.body, p.at, p.identity),
                 )
-            return Accepted(duplicate=False, ids=tuple(e.id for e in made)), made
+            return Accepted(duplicate=False, ids=tuple(ids)), made
 
         def after(value: tuple[Accepted, list[Entry]]) -> None:
             if self.serve:
