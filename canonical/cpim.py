@@ -1114,9 +1114,10 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     ):
         return _parse_general(data, form, policy)
     # The CPIM lines (§3): a block whose sequence of heads (and NS values) was read before
-    # has the same names, namespaces and parameters; only the values are new.
+    # has the same names, namespaces and parameters; only the values are new. Strict mode,
+    # which needs every record now to check its value, reads them at once.
     parts = list(map(_PARTITION, lines, _SPACES))
-    skeleton = _SKELETONS.get(tuple(map(_HEAD_OF, parts)))
+    skeleton = None if strict else _SKELETONS.get(tuple(map(_HEAD_OF, parts)))
     if skeleton is not None:
         for k, text, quoted in skeleton[2]:
             if quoted:  # a head with a quoted String parameter, which may hold SP
@@ -1131,7 +1132,7 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             break
     records: list[_Record] | None = None
     if skeleton is None:
-        records, skeleton = _read_parts(parts, lines)
+        records, skeleton = _read_parts(parts, lines, not strict)
         if records is None:
             return _parse_general(data, form, policy)
     # The entity's headers: Content-Type first, then known names; split on first use.
@@ -1187,12 +1188,13 @@ def _records_of(skeleton: _Skeleton, parts: list[tuple[str, str, str]]) -> list[
 
 
 def _read_parts(
-    parts: list[tuple[str, str, str]], lines: list[str]
+    parts: list[tuple[str, str, str]], lines: list[str], remember: bool = True
 ) -> tuple[list[_Record] | None, _Skeleton | None]:
     """The records of CPIM lines split at their first SP, when each starts with a valid
     head (None otherwise), names resolved through NS (§3.4), and the block's skeleton,
-    remembered (:data:`_SKELETONS`). A line whose head has a quoted String parameter gets
-    its real value in ``parts`` too.
+    remembered (:data:`_SKELETONS`), unless ``remember`` is false (the records alone;
+    ``parts`` is then not to be read). A line whose head has a quoted String parameter
+    gets its real value in ``parts`` too.
     """
     records: list[_Record] = []
     append = records.append
@@ -1226,6 +1228,8 @@ def _read_parts(
             append((info, namespace, value, None))
         else:
             append((info, default, value, None))
+    if not remember:
+        return records, None
     key = tuple(map(_HEAD_OF, parts))
     for k, text, _ in quoted:  # the value is after the whole head, not the first SP
         parts[k] = (text[:-1], " ", records[k][2])
