@@ -1080,7 +1080,9 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
                     return _parse_general(data, form, policy)
             else:
                 head, ehead, _ = data.split(b"\r\n\r\n", 2)
-        except ValueError:  # a blank line missing
+        except ValueError:  # a blank line missing, or the CPIM block empty
+            if data.startswith(b"\r\n", h0):
+                return _parse_empty_block(data, form, policy, h0)
             return _parse_general(data, form, policy)
     else:
         if h0 and not data.startswith(_CANONICAL_MIME):
@@ -1134,6 +1136,8 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     if skeleton is None:
         records, skeleton = _read_parts(parts, lines, not strict)
         if records is None:
+            if not lines[0] and data.startswith(b"\r\n", h0):
+                return _parse_empty_block(data, form, policy, h0)
             return _parse_general(data, form, policy)
     # The entity's headers: Content-Type first, then known names; split on first use.
     if not elines[0].startswith(_CONTENT_TYPE_HEADS):
@@ -1178,6 +1182,65 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
 
 
 _new_message = object.__new__
+
+
+def _parse_empty_block(data: bytes, form: Form, policy: Policy, h0: int) -> CpimMessage:
+    """The lean front for an object whose CPIM header block is empty: its blank line
+    follows at once (RFC 3862 §2 allows no headers; vector 027), so the encapsulated
+    entity's header block starts right after it. Anything unusual is read by
+    :func:`_parse_general`, which gives the same result for what this accepts."""
+    e0 = h0 + 2
+    e_end = data.find(b"\r\n\r\n", e0)
+    strict = policy.strict
+    if (
+        e_end <= e0
+        or (h0 and not data.startswith(_CANONICAL_MIME))
+        or e_end + 2 - h0 > policy.max_line_length
+        or len(data) > policy.max_message_size
+        or policy.profile is not None
+    ):
+        return _parse_general(data, form, policy)
+    ehead = data[e0:e_end]
+    try:
+        elines = ehead.decode().split("\r\n")  # UTF-8
+    except UnicodeDecodeError:
+        return _parse_general(data, form, policy)
+    if len(elines) + 3 > policy.max_headers or (
+        len(ehead) - len(ehead.translate(None, _CTL_NO_TAB)) != 2 * len(elines) - 2
+        if strict
+        else "\r" in (joined := "".join(elines)) or "\n" in joined
+    ):
+        return _parse_general(data, form, policy)
+    if not elines[0].startswith(_CONTENT_TYPE_HEADS):
+        return _parse_general(data, form, policy)
+    pairs = []
+    for line in elines:
+        name, colon, value = line.partition(":")
+        if not colon or name not in _MIME_NAMES:
+            return _parse_general(data, form, policy)
+        pairs.append((name, value))
+    msg = _new_message(CpimMessage)
+    msg._data = data
+    msg._form = form
+    msg._policy = policy
+    msg._recs = []
+    msg._parts = []
+    msg._skeleton = _EMPTY_SKELETON
+    msg._frame = (
+        _CANONICAL_MIME_HEADERS if h0 else (),
+        h0,
+        h0,
+        tuple(pairs),
+        e_end + 4,
+        (),
+        False,
+    )
+    msg._defects = () if strict else None
+    return msg
+
+
+#: The skeleton of an empty CPIM header block.
+_EMPTY_SKELETON: Final[_Skeleton] = ((), (), (), -1, (), ())
 _HEAD_OF = operator.itemgetter(0)
 _NONES = itertools.repeat(None)
 
