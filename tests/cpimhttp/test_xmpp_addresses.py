@@ -1,0 +1,104 @@
+"""XMPP users' gateway-wide addresses cross the HTTP hop between gateways as they are.
+
+The XMPP adapter names its users ``xmpp:<JID as the server stamped it>``: an escaped
+localpart (``d\\27artagnan``, XEP-0106) and a resource with spaces (``my phone``) stay
+raw, which an RFC 5122 IRI would have to percent-encode (docs/addresses.md "The XMPP
+component's address map"). What one gateway writes in ``Cpimgw-From``/``Cpimgw-To`` the
+next one reads back unchanged (law L2 of the HTTP mapper), and a client may name such a
+user the same way; what is neither a JID nor a URI is refused with the JID's reason."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.cpim.mapping import FROM, TO, HttpMapper, HttpRequest
+from canonical.address import Address, escape_localpart
+from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload
+from canonical.errors import ParseError
+
+MAPPER = HttpMapper(adapter="api")
+PEER = Origin(adapter="api", peer="gw-a", context={"kind": "peer"})
+BODY = (
+    b"From: <im:d'artagnan@xmpp.test>\r\nTo: <sip:bob@sip.test>\r\n\r\n"
+    b"Content-Type: text/plain\r\n\r\nEn garde"
+)
+
+
+def through_a_peer(sender: str, recipient: str) -> Envelope:
+    envelope = Envelope(
+        Operation.MESSAGE,
+        sender,
+        recipient,
+        Payload(CPIM, BODY),
+        "0123456789abcdef0123456789abcdef",
+        Origin("xmpp"),
+    )
+    wire = MAPPER.encode(MAPPER.from_canonical(envelope).value)
+    return MAPPER.to_canonical(MAPPER.decode(wire), origin=PEER, received_at=1.0).value
+
+
+@pytest.mark.parametrize(
+    "jid",
+    [
+        "d\\27artagnan@xmpp.test",
+        "d\\27artagnan@xmpp.test/my phone",
+        "alice@xmpp.test/my phone",
+        "a\\20b\\3ac@xmpp.test/Küche",
+    ],
+)
+def test_stamped_xmpp_address_crosses_to_the_next_gateway_unchanged(jid: str) -> None:
+    back = through_a_peer(f"xmpp:{jid}", f"xmpp:{jid}")
+    assert back.sender == f"xmpp:{jid}"
+    assert back.recipient == f"xmpp:{jid}"
+    assert back.payload == Payload(CPIM, BODY)
+
+
+def test_rfc5122_query_form_is_still_read_as_a_uri() -> None:
+    back = through_a_peer("xmpp:alice@xmpp.test?message", "sip:bob@sip.test")
+    assert back.sender == "xmpp:alice@xmpp.test?message"
+
+
+@pytest.mark.parametrize(
+    ("sender", "code"),
+    [
+        ("xmpp:a b@xmpp.test", "JID_BAD_LOCALPART"),
+        ("xmpp:alice@xmpp.test/", "JID_BAD_RESOURCE"),
+        ("xmpp:alice@", "JID_BAD_DOMAIN"),
+    ],
+)
+def test_xmpp_address_that_is_no_jid_nor_uri_is_refused_with_the_jid_reason(
+    sender: str, code: str
+) -> None:
+    request = HttpRequest(
+        "POST",
+        "/v1/messages",
+        ((FROM, sender), (TO, "sip:bob@sip.test"), ("Content-Type", CPIM)),
+        BODY,
+    )
+    with pytest.raises(ParseError) as info:
+        MAPPER.to_canonical(request, origin=PEER, received_at=1.0)
+    assert info.value.code == code
+    assert info.value.message.startswith(f"{FROM}: ")
+
+
+user_char = st.one_of(
+    st.sampled_from("abcXYZ019-_.!~*()=+$,;?%# \"&'/:<>\\"),
+    st.characters(categories=("Ll", "Lu", "Lo", "Nd"), min_codepoint=0x80),
+)
+
+
+@given(
+    st.text(user_char, min_size=1, max_size=12).filter(lambda u: u.strip(" ") == u),
+    st.one_of(st.none(), st.text(st.sampled_from("ab /?&;=%'Ü"), min_size=1, max_size=8)),
+)
+def test_any_stamped_jid_crosses_the_http_hop_unchanged(user: str, resource: str | None) -> None:
+    try:
+        local = escape_localpart(user)
+        Address("xmpp", local, "xmpp.test", resource=resource)
+    except ParseError:
+        return
+    address = f"xmpp:{local}@xmpp.test" + (f"/{resource}" if resource is not None else "")
+    back = through_a_peer(address, "sip:bob@sip.test")
+    assert back.sender == address
