@@ -32,7 +32,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from urllib.parse import quote
 
 from adapters.contract import Mapped
 from adapters.xmpp import presence as xpresence
@@ -45,7 +44,7 @@ from adapters.xmpp.documents import (
     read_iscomposing,
 )
 from adapters.xmpp.errors import error_element, read_error
-from adapters.xmpp.jid import AddressMap, Jid
+from adapters.xmpp.jid import AddressMap
 from adapters.xmpp.stanza import (
     CARRIAGE_NS,
     CHAT_STATES,
@@ -91,7 +90,6 @@ TEXT_PLAIN = "text/plain; charset=utf-8"
 _MESSAGE_CONTEXT = MappingProxyType({"stanza": "message"})
 XMPP_XML = "application/xmpp+xml"  # RFC 3923 §10: XMPP extension elements as an entity
 _TEXT_CHARSETS = ("utf-8", "us-ascii", "")
-_URI_SAFE = "!$&'()*+,;=-._~"  # RFC 3986 §2.2-2.3 characters a user part keeps as they are
 
 
 def rfc3339(timestamp: float) -> str:
@@ -113,14 +111,12 @@ def _plain(element: ET.Element) -> bool:
 
 @functools.lru_cache(maxsize=4096)
 def _im_uri(address: str) -> str:
-    """The CPIM From/To form of a gateway-wide address: ``xmpp:`` JIDs become ``im:`` bare
-    JIDs with the local part percent-encoded (RFC 3922 §3.2, RFC 7247 §6.4); other URIs
-    lose parameters and resource."""
+    """The CPIM From/To form of a gateway-wide address: an ``xmpp:`` JID becomes the ``im:``
+    URI of its user, the localpart XEP-0106-unescaped and percent-encoded (RFC 3922 §3.2,
+    RFC 7247 §6.4: ``d\\27artagnan@x`` -> ``im:d'artagnan@x``, :func:`presence.user_uri`);
+    other URIs lose parameters and resource. Only objects this mapper builds use it."""
     if address.startswith("xmpp:"):
-        jid = Jid.parse(address[5:])
-        if jid.local is None:
-            return f"im:{jid.domain}"
-        return f"im:{quote(jid.local, safe=_URI_SAFE)}@{jid.domain}"
+        return xpresence.user_uri(address[5:], "im")
     return address.split(";", 1)[0].split("?", 1)[0]
 
 

@@ -30,14 +30,15 @@ import functools
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
-from urllib.parse import quote
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal
 
 from adapters.contract import Mapped
 from adapters.xmpp.jid import Jid
 from adapters.xmpp.stanza import STANZA_NAMESPACES, XML_LANG, local, namespace
 from canonical import presence as pidf
 from canonical import smime
+from canonical.address import Address
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import GatewayError, Loss, MappingError, ParseError, Reason
 from canonical.xmldoc import parse_xml
@@ -96,12 +97,35 @@ def resource_of(tuple_id_: str, *, foreign: bool) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
+def user_uri(jid: str, scheme: Literal["im", "pres"]) -> str:
+    """The ``im:``/``pres:`` URI of the user a JID names (RFC 3922 §3.2 and §5.1, RFC 7247
+    §6.4; docs/addresses.md "Conversion between schemes"): the XEP-0106-unescaped localpart,
+    percent-encoded where the scheme requires (``d\\27artagnan@x`` -> ``im:d'artagnan@x``,
+    ``jürgen@x`` -> ``im:j%C3%BCrgen@x``), the domain in lower case and A-labels, no resource
+    (these schemes name a user, not a device). :meth:`AddressMap.to_jid` escapes it back
+    (XEP-0106 §4.2) into the same bare JID.
+
+    A JID without such a URI is refused with ``JID_MALFORMED``: a localpart that is not
+    canonically escaped (``foo\\5cbar`` unescapes to ``foo\\bar``, the user of
+    ``foo\\5c5cbar`` too: XEP-0106 §7) or holds a character RFC 7622 §3.3 forbids.
+    """
+    try:
+        address = Address.from_jid(jid).bare.with_scheme(scheme)
+    except ParseError as exc:
+        raise ParseError(
+            "JID_MALFORMED",
+            f"the XMPP address {jid[:80]!r} has no {scheme}: URI: {exc.message} [{exc.code}]",
+            hint=exc.hint
+            or "XMPP localparts are letters, digits and ASCII punctuation (RFC 7622 §3.3)",
+        ) from None
+    return str(replace(address, host=address.host.lower()))
+
+
+@functools.lru_cache(maxsize=4096)
 def _pres_uri(address: str) -> str:
     """The PIDF entity of a gateway-wide address (RFC 3922 §5.1: ``pres:user@host``)."""
     if address.startswith("xmpp:"):
-        jid = Jid.parse(address[5:])
-        user = quote(jid.local, safe="!$&'()*+,;=-._~") + "@" if jid.local else ""
-        return f"pres:{user}{jid.domain}"
+        return user_uri(address[5:], "pres")
     if address.startswith("im:"):
         return "pres:" + address[3:].split(";", 1)[0]
     return address.split(";", 1)[0]
@@ -379,7 +403,11 @@ def _document_losses(
             "XMPP has no presence-level note: shown as the <status/> of tuples without notes, "
             "it comes back as a tuple note (RFC 6121 §4.7.2.2)",
         )
-    back = _pres_uri(mapper.addresses.to_uri(sender.bare))
+    try:
+        back = _pres_uri(mapper.addresses.to_uri(sender.bare))
+    except ParseError as exc:  # a JID without a pres: URI (user_uri)
+        yield Loss("pidf/@entity", f"entity {document.entity!r} does not come back: {exc}")
+        return
     if document.entity.partition(":")[2].lower() != back.partition(":")[2].lower():
         yield Loss("pidf/@entity", f"entity {document.entity!r} comes back as {back!r}")
 
