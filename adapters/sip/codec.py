@@ -53,6 +53,9 @@ _TOKEN_DELETE = bytes(sorted(_TOKEN_BYTES))
 _FOLD = re.compile(rb"\r\n[ \t]+")
 #: canonical keys of the names seen so far (header names repeat across messages).
 _KEYS: dict[str, str] = {}
+#: name bytes before the colon (as on the wire, trailing blanks included) -> (name, key),
+#: for names already checked to be tokens: one lookup per header line on the fast path
+_NAMES: dict[bytes, tuple[str, str]] = {}
 #: canonical keys of the names :meth:`HeaderField.build` has checked (they are tokens).
 _BUILT: dict[str, str] = {}
 #: ``HeaderField(...)`` without the call of namedtuple's Python-level ``__new__``.
@@ -214,6 +217,11 @@ class Message:
         found = (self._index_ or self._index()).get(_KEYS.get(name) or _key(name))
         return [h.value for h in found] if found else []
 
+    def count(self, name: str) -> int:
+        """How many fields are named ``name`` (compact or long form, any case)."""
+        found = (self._index_ or self._index()).get(_KEYS.get(name) or _key(name))
+        return len(found) if found else 0
+
     def values(self, name: str) -> list[str]:
         """List elements over every field named ``name`` (split at commas, §7.3.1)."""
         out: list[str] = []
@@ -271,6 +279,10 @@ class Message:
     @property
     def top_via(self) -> hdr.Via:
         def read() -> hdr.Via:
+            views = self._views
+            vias = None if views is None else views.get("vias")
+            if vias:  # every Via was read already (a UAS's checks): the first element
+                return vias[0]  # type: ignore[no-any-return]
             first = self.get("Via")
             if first is None:
                 raise ParseError("MISSING_HEADER", "Via header is missing")
@@ -618,20 +630,29 @@ def _parse_head(data: bytes | bytearray, limits: Limits, *, start: int = 0) -> _
     offset = i + len(start_line)
     if b"\r\n " not in head and b"\r\n\t" not in head:
         append = fields.append
+        names = _NAMES
         for line in lines[1:]:
             colon = line.find(b":")
-            name_bytes = line[:colon].rstrip(b" \t") if colon > 0 else b""
-            if colon < 0 or len(line) + 2 > max_line or not _is_token(name_bytes):
+            if colon <= 0 or len(line) + 2 > max_line:
                 break  # the careful path below names the fault
-            name = name_bytes.decode("ascii")
+            name_bytes = line[:colon]
+            known = names.get(name_bytes)
+            if known is None:
+                name_bytes = name_bytes.rstrip(b" \t")
+                if not _is_token(name_bytes):
+                    break
+                name = name_bytes.decode("ascii")
+                known = (name, _key(name))
+                if len(names) < 4096:
+                    names[line[:colon]] = known
             append(
                 _new_field(
                     HeaderField,
                     (
-                        name,
+                        known[0],
                         line[colon + 1 :].strip(b" \t").decode("utf-8", "surrogateescape"),
                         line + CRLF,
-                        _key(name),
+                        known[1],
                     ),
                 )
             )
