@@ -53,6 +53,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
+from canonical.address import is_canonical_localpart, unescape_localpart
 from canonical.envelope import MULTIPART_SIGNED, PKCS7_MIME, Payload
 from canonical.errors import GatewayError, ParseError, Reason, SecurityError
 
@@ -1023,7 +1024,27 @@ def _identity(uri: str) -> tuple[str, str, str] | None:
     # drop the port (an IPv6 literal keeps its brackets)
     host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
     user = unquote(user.partition(":")[0])  # sip:user:password@host
-    return scheme, user, host.lower().rstrip(".")
+    host = _ascii_host(host.lower().rstrip("."))
+    if scheme == "xmpp":
+        # XEP-0106 §4.2 / RFC 7247 §6: the JID d\27artagnan is the user d'artagnan of im:
+        # and sip: (docs/addresses.md "Conversion between schemes")
+        if not is_canonical_localpart(user):
+            # foo\5cbar unescapes to the user of foo\5c5cbar (XEP-0106 §7): it names no
+            # user of another scheme, only itself ('/' never ends up in a host here)
+            return scheme, user, f"{host}/xep-0106-non-canonical"
+        user = unescape_localpart(user)
+    return scheme, user, host
+
+
+def _ascii_host(host: str) -> str:
+    """A host in IDNA A-labels, as im:/sip: write it (a JID domain may be in U-labels,
+    RFC 7622 §3.2); the host as it is when it has no A-label form."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return host
 
 
 def _simple(uri: str) -> str:
