@@ -40,8 +40,10 @@ from dataclasses import dataclass
 
 #: Seconds between two log lines about refused requests (a flood logs a line, not one each).
 LOG_INTERVAL = 10.0
-#: Weight of the newest sample in the moving average of the core's busy time per answer.
-WEIGHT = 1 / 16
+#: Weight of the newest sample in the moving average of the core's busy time per answer
+#: (the first samples are averaged plainly). Small: answers come in batches (a group
+#: commit answers dozens at once after a gap), so single samples swing widely.
+WEIGHT = 1 / 64
 
 
 @dataclass(slots=True)
@@ -55,7 +57,7 @@ class Admission:
     """
 
     max_pending: int = 1000
-    max_delay: float = 0.2
+    max_delay: float = 0.3
     pending: int = 0
     #: how long the request answered last waited for the core, seconds
     delay: float = 0.0
@@ -63,8 +65,9 @@ class Admission:
     per_answer: float = 0.0
     #: when the first request handed in since the last answer was (None: none since)
     _waiting: float | None = None
-    #: when the last answer came
+    #: when the last answer came, and how many came (up to 1 / WEIGHT)
     _answered: float = 0.0
+    _answers: int = 0
     #: requests refused since the last log line, and when that line was written
     refused: int = 0
     _logged: float | None = None
@@ -97,7 +100,9 @@ class Admission:
             # a stall is the delay bound's to see; capped, it does not keep the average
             # pessimistic for dozens of answers after the store is back
             busy = min(busy, self.max_delay)
-        self.per_answer += WEIGHT * (busy - self.per_answer)
+        if self._answers < 1 / WEIGHT:
+            self._answers += 1
+        self.per_answer += max(WEIGHT, 1 / self._answers) * (busy - self.per_answer)
         self._answered = now
         self._waiting = None
 

@@ -107,12 +107,17 @@ def test_one_stuck_request_does_not_refuse_the_others() -> None:
 
 def test_after_the_core_is_back_one_probe_ends_the_overload() -> None:
     admission = Admission(max_pending=100, max_delay=0.2)
-    stuck = [admission.begin(0.0) for _ in range(5)]
+    now = 0.0
+    for _ in range(100):  # a while at 100/s, each answered in 1 ms
+        admission.end(admission.begin(now), now + 0.001)
+        now += 0.01
+    stuck = [admission.begin(now) for _ in range(5)]
+    now += 3.0
     for began in stuck:
-        admission.end(began, 3.0)  # a 3 s stall, then all answered
-    assert not admission.overloaded(3.0)  # nothing pending: the next one is the probe
-    probe = admission.begin(3.0)
-    admission.end(probe, 3.001)
+        admission.end(began, now)  # a 3 s stall, then all answered
+    assert not admission.overloaded(now)  # nothing pending: the next one is the probe
+    admission.end(admission.begin(now), now + 0.001)
+    now += 0.001
     for _ in range(10):  # a handful at once are taken again at once
-        assert not admission.overloaded(3.001)
-        admission.begin(3.001)
+        assert not admission.overloaded(now)
+        admission.begin(now)
