@@ -13,6 +13,11 @@ Why this shape:
   thread (microseconds each, no locks); ``BEGIN IMMEDIATE`` — the wait for the write lock
   another process may hold — and ``COMMIT`` — the fsync — run in the store's thread. One
   failing operation fails alone: the batch is then replayed one by one.
+- **Message commits queued together are written together** (:class:`_Commits`): their
+  dedup marks with one ``executemany``, their queue rows with a few multi-row
+  ``INSERT`` statements, and completions are deleted by ranges of ids, so the durable
+  path costs few statements and Python objects per message besides the caller's own
+  future.
 - **The hot path does not read the database**: a serving store keeps the pending,
   unclaimed entries of this node in memory (loaded at :meth:`open`); :meth:`claim` pops
   them from a heap. Once per ``poll_interval`` it reads a counter that ``cpimgw queue
@@ -112,9 +117,36 @@ _ENTRY_COLUMNS = (
 #: Version tag of the stored envelope encoding (first element of the JSON array).
 ENCODING = 1
 
-#: One encoder for every row (``json.dumps`` with options builds a new one per call);
-#: the same bytes as ``json.dumps(meta, separators=(",", ":"))``.
-_encode_meta = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """One encoder for every row, giving the same bytes as ``json.dumps(meta,
+    separators=(",", ":"))``: ``json.dumps`` with options builds a new encoder per call,
+    and ``JSONEncoder.encode`` still builds its C scanner per call; the C scanner is
+    built once here when the interpreter has it (the pure-Python one otherwise)."""
+    base = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return base.encode
+    chunks = make(
+        None,  # no markers: check_circular=False
+        base.default,
+        json.encoder.encode_basestring_ascii,
+        base.indent,
+        base.key_separator,
+        base.item_separator,
+        base.sort_keys,
+        base.skipkeys,
+        base.allow_nan,
+    )
+    join = "".join
+
+    def encode(value: Any) -> str:
+        return join(chunks(value, 0))
+
+    return encode
+
+
+_encode_meta = _compact_encoder()
 
 
 def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
@@ -202,9 +234,180 @@ def _entry(row: Sequence[Any]) -> Entry:
 
 @dataclass(slots=True)
 class _Op:
+    """One queued operation: a function of the connection, run in the pump's batch."""
+
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     after: Callable[[Any], None] | None = None
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def run(self, conn: sqlite3.Connection) -> Any:
+        return self.fn(conn)
+
+    def settle(self, value: Any, error: BaseException | None) -> None:
+        """On the loop, once the transaction committed (or failed)."""
+        if error is None and self.after is not None:
+            self.after(value)
+        future = self.future
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def split(self) -> list[_Op]:
+        return [self]
+
+
+_SEEN = (
+    "INSERT INTO seen (identity, at) VALUES (?, ?) ON CONFLICT (identity)"
+    " DO UPDATE SET at = excluded.at WHERE seen.at <= ?"
+)
+_QUEUE_ROW = "(?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+#: Queue rows per INSERT statement, largest first: a batch's rows go in as few
+#: statements as these sizes allow, and each size's statement stays prepared in the
+#: connection's cache (7 parameters a row: 128 rows stay under SQLite's oldest limit of
+#: 999 parameters a statement).
+_CHUNKS = (128, 32, 8, 2, 1)
+_INSERT_QUEUE = {
+    size: "INSERT INTO queue (identity, target, state, attempts, next_at, created_at,"  # noqa: S608
+    f" expires_at, meta, body) VALUES {','.join([_QUEUE_ROW] * size)}"
+    for size in _CHUNKS
+}
+_Encoded = list[tuple[str, bytes | None]]
+
+
+class _Commits:
+    """Message commits (queue entries and a dedup mark, nothing else) queued one after
+    another: written together in the pump's batch, with a statement per batch rather than
+    per message, and without a function object per call.
+
+    - The dedup marks of all of them go in with one ``executemany``; when it changed
+      fewer rows than there are identities (a duplicate, rare), it is rolled back to a
+      savepoint and the marks are written one by one, which tells which ones were
+      duplicates (a later call with the same identity as an earlier one in the batch
+      included), exactly as a commit of its own would.
+    - Their queue rows go in with multi-row ``INSERT`` statements (:data:`_CHUNKS`).
+      The ids follow from the last id of each statement: under ``AUTOINCREMENT`` each
+      new row gets one more than the largest id the table ever had, and the batch holds
+      the write lock, so one statement's rows get consecutive ids in order.
+    """
+
+    __slots__ = ("commits", "encoded", "futures", "store")
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        commits: list[Commit],
+        encoded: list[_Encoded],
+        futures: list[asyncio.Future[Any]],
+    ) -> None:
+        self.store = store
+        self.commits = commits
+        self.encoded = encoded
+        self.futures = futures
+
+    @property
+    def size(self) -> int:
+        return len(self.commits)
+
+    def run(self, conn: sqlite3.Connection) -> list[Accepted]:
+        commits = self.commits
+        window = self.store.dedup_window
+        marks = [(c.identity, c.at, c.at - window) for c in commits if c.identity]
+        fresh: list[bool] | None = None  # None: none of them is a duplicate
+        if len(marks) == 1:
+            if conn.execute(_SEEN, marks[0]).rowcount == 0:
+                fresh = [not c.identity for c in commits]
+        elif marks:
+            conn.execute("SAVEPOINT marks")
+            if conn.executemany(_SEEN, marks).rowcount != len(marks):
+                conn.execute("ROLLBACK TO marks")
+                fresh = [
+                    not c.identity
+                    or conn.execute(_SEEN, (c.identity, c.at, c.at - window)).rowcount > 0
+                    for c in commits
+                ]
+            conn.execute("RELEASE marks")
+        params: list[Any] = []
+        for index, commit in enumerate(commits):
+            if fresh is not None and not fresh[index]:
+                continue
+            at = commit.at
+            for out, (meta, body) in zip(commit.entries, self.encoded[index], strict=True):
+                params += (out.envelope.identity, out.target, at, at, out.expires_at, meta, body)
+        ids = _insert_queue_rows(conn, params)
+        accepted: list[Accepted] = []
+        taken = 0
+        for index, commit in enumerate(commits):
+            if fresh is not None and not fresh[index]:
+                accepted.append(_DUPLICATE)
+                continue
+            count = len(commit.entries)
+            accepted.append(Accepted(duplicate=False, ids=tuple(ids[taken : taken + count])))
+            taken += count
+        return accepted
+
+    def settle(self, value: list[Accepted] | None, error: BaseException | None) -> None:
+        """On the loop: remember the new entries (a serving store hands them out from
+        memory), then answer each caller still waiting."""
+        if error is None and value is not None:
+            store = self.store
+            if store.serve:
+                for commit, accepted in zip(self.commits, value, strict=True):
+                    at = commit.at
+                    for out, entry_id in zip(commit.entries, accepted.ids, strict=False):
+                        store._remember(
+                            Entry(
+                                id=entry_id,
+                                target=out.target,
+                                envelope=out.envelope,
+                                state=EntryState.PENDING,
+                                attempts=0,
+                                next_at=at,
+                                created_at=at,
+                                expires_at=out.expires_at,
+                            )
+                        )
+            for future, accepted in zip(self.futures, value, strict=True):
+                if not future.done():
+                    future.set_result(accepted)
+            return
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(error or RuntimeError("the store gave no answer"))
+
+    def split(self) -> list[_Commits]:
+        """One group per commit, each to run in a transaction of its own."""
+        return [
+            _Commits(self.store, [commit], [encoded], [future])
+            for commit, encoded, future in zip(
+                self.commits, self.encoded, self.futures, strict=True
+            )
+        ]
+
+
+_DUPLICATE = Accepted(duplicate=True)
+
+
+def _insert_queue_rows(conn: sqlite3.Connection, params: list[Any]) -> list[str]:
+    """Insert the queue rows whose parameters ``params`` holds (7 a row, in order); their
+    ids, in the same order (see :class:`_Commits` for why they are consecutive)."""
+    ids: list[str] = []
+    rows = len(params) // 7
+    start = 0
+    for size in _CHUNKS:
+        statement = _INSERT_QUEUE[size]
+        while rows - start >= size:
+            cur = conn.execute(statement, params[start * 7 : (start + size) * 7])
+            last = int(cur.lastrowid or 0)
+            ids += map(str, range(last - size + 1, last + 1))
+            start += size
+    return ids
 
 
 def connect(
@@ -247,6 +450,12 @@ def _prepare(conn: sqlite3.Connection, path: Path, synchronous: Synchronous) -> 
         )
 
 
+#: What an operation of a batch gave: its value, or the error it (or the commit) raised.
+_Result = tuple[_Op | _Commits, Any, BaseException | None]
+#: At most this many commits in one group (a batch holds at most 4096 operations).
+_GROUP = 4096
+
+
 class _Pump:
     """Runs queued operations in batches, one transaction per batch (group commit).
 
@@ -261,7 +470,8 @@ class _Pump:
     def __init__(self, conn: sqlite3.Connection, synchronous: Synchronous) -> None:
         self.conn = conn
         self.synchronous = synchronous
-        self.ops: list[_Op] = []
+        self.loop = asyncio.get_running_loop()  # made by the store's open(), on the loop
+        self.ops: list[_Op | _Commits] = []
         self.wake = asyncio.Event()
         self.closing = False
         self.batches = 0
@@ -276,6 +486,23 @@ class _Pump:
     def submit(self, op: _Op) -> None:
         self.ops.append(op)
         self.wake.set()
+
+    def submit_commit(
+        self, store: SqliteStore, commit: Commit, encoded: _Encoded
+    ) -> asyncio.Future[Accepted]:
+        """Queue a message commit: it joins the group of commits queued last when nothing
+        was queued after that group (the batch keeps the calls' order)."""
+        future: asyncio.Future[Accepted] = self.loop.create_future()
+        ops = self.ops
+        group = ops[-1] if ops else None
+        if type(group) is _Commits and len(group.commits) < _GROUP:
+            group.commits.append(commit)
+            group.encoded.append(encoded)
+            group.futures.append(future)
+        else:
+            ops.append(_Commits(store, [commit], [encoded], [future]))
+        self.wake.set()
+        return future
 
     async def close(self) -> None:
         self.closing = True
@@ -299,30 +526,32 @@ class _Pump:
             if self.closing:
                 self.wake.set()
 
-    async def _run_batch(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+    async def _run_batch(self, batch: list[_Op | _Commits]) -> list[_Result]:
         """One transaction for the whole batch. If an operation fails, the batch is rolled
-        back and every operation runs again in a transaction of its own, so one failing
-        operation fails alone (the rare path; the common one has no per-operation cost)."""
+        back and every operation runs again in a transaction of its own (each commit of a
+        group of commits too), so one failing operation fails alone (the rare path; the
+        common one has no per-operation cost)."""
         self.batches += 1
-        self.operations += len(batch)
+        self.operations += sum(op.size for op in batch)
         try:
             return await self._transaction(batch)
         except _OperationError:
-            results: list[tuple[_Op, Any, BaseException | None]] = []
+            results: list[_Result] = []
             for op in batch:
-                try:
-                    results += await self._transaction([op])
-                except _OperationError as failed:
-                    results.append((op, None, failed.error))
-                except Exception as exc:  # noqa: BLE001 - the commit itself failed
-                    results.append((op, None, exc))
+                for single in op.split():
+                    try:
+                        results += await self._transaction([single])
+                    except _OperationError as failed:
+                        results.append((single, None, failed.error))
+                    except Exception as exc:  # noqa: BLE001 - the commit itself failed
+                        results.append((single, None, exc))
             return results
         except Exception as exc:  # noqa: BLE001 - the commit itself failed: all fail
             return [(op, None, exc) for op in batch]
 
-    async def _transaction(self, batch: list[_Op]) -> list[tuple[_Op, Any, BaseException | None]]:
+    async def _transaction(self, batch: list[_Op | _Commits]) -> list[_Result]:
         conn = self.conn
-        results: list[tuple[_Op, Any, BaseException | None]] = []
+        results: list[_Result] = []
         try:
             # BEGIN IMMEDIATE takes the write lock, waiting up to busy_timeout while another
             # connection holds it (an operator's `cpimgw queue drop`): in the commit thread,
@@ -331,7 +560,7 @@ class _Pump:
             await self.committer.run(conn.execute, "BEGIN IMMEDIATE")
             for op in batch:
                 try:
-                    results.append((op, op.fn(conn), None))
+                    results.append((op, op.run(conn), None))
                 except Exception as exc:
                     raise _OperationError(exc) from exc
             # COMMIT fsyncs (synchronous = FULL) and runs the WAL auto-checkpoint now and
@@ -454,6 +683,24 @@ def _changes(conn: sqlite3.Connection) -> int:
     return 0 if row is None else int(row[0])
 
 
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """``ids`` as ranges of consecutive ids ``(first, last)``: entries are claimed, and
+    so mostly completed, in id order, so a batch's completions are a few long runs, each
+    deleted by one statement rather than row by row. Every id of a range is in ``ids``."""
+    if not ids:
+        return []
+    ids.sort()
+    runs: list[tuple[int, int]] = []
+    first = last = ids[0]
+    for entry_id in ids:
+        if entry_id > last + 1:
+            runs.append((first, last))
+            first = entry_id
+        last = entry_id
+    runs.append((first, last))
+    return runs
+
+
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logging.getLogger("cpimgw.store").error(
@@ -462,16 +709,9 @@ def _log_failure(future: asyncio.Future[Any]) -> None:
         )
 
 
-def _settle(results: list[tuple[_Op, Any, BaseException | None]]) -> None:
+def _settle(results: list[_Result]) -> None:
     for op, value, error in results:
-        if error is None and op.after is not None:
-            op.after(value)
-        if op.future.done():
-            continue
-        if error is not None:
-            op.future.set_exception(error)
-        else:
-            op.future.set_result(value)
+        op.settle(value, error)
 
 
 class SqliteStore:
@@ -585,6 +825,21 @@ class SqliteStore:
     # -- the queue ------------------------------------------------------------------
 
     async def commit(self, batch: Commit) -> Accepted:
+        if batch.subscriptions or batch.ended or batch.presence is not None:
+            return await self._commit_effects(batch)
+        pump = self._pump
+        if pump is None:
+            raise GatewayError(
+                f"the store {self.path} is not open", reason=Reason.INTERNAL, hint="call open()"
+            )
+        # Encoded here, on the caller's turn: an envelope that cannot be stored fails its
+        # own call before anything is queued.
+        encoded = [encode_envelope(out.envelope) for out in batch.entries]
+        return await pump.submit_commit(self, batch, encoded)
+
+    async def _commit_effects(self, batch: Commit) -> Accepted:
+        """A commit that also changes subscriptions or the last presence (presence
+        operations: a few per second), one operation of its own in the batch."""
         encoded = [(out, *encode_envelope(out.envelope)) for out in batch.entries]
         window = self.dedup_window
 
@@ -592,11 +847,7 @@ class SqliteStore:
             if batch.identity:
                 # One statement: a new identity is inserted, one seen before the window
                 # is refreshed, one seen within the window changes nothing (a duplicate).
-                cur = conn.execute(
-                    "INSERT INTO seen (identity, at) VALUES (?, ?) ON CONFLICT (identity)"
-                    " DO UPDATE SET at = excluded.at WHERE seen.at <= ?",
-                    (batch.identity, batch.at, batch.at - window),
-                )
+                cur = conn.execute(_SEEN, (batch.identity, batch.at, batch.at - window))
                 if cur.rowcount == 0:
                     return Accepted(duplicate=True), []
             made: list[Entry] = []
@@ -755,13 +1006,14 @@ class SqliteStore:
     def _delete_completed(self, conn: sqlite3.Connection) -> int:
         """Delete every completed entry queued so far (runs in the pump's batch)."""
         self._flush_queued = False  # before draining: a later append queues a new flush
-        ids: list[tuple[int]] = []
+        completed = self._completed
+        ids: list[int] = []
         while True:
             try:
-                ids.append((self._completed.popleft(),))
+                ids.append(completed.popleft())
             except IndexError:
                 break
-        conn.executemany("DELETE FROM queue WHERE id = ?", ids)
+        conn.executemany("DELETE FROM queue WHERE id BETWEEN ? AND ?", _runs(ids))
         return len(ids)
 
     async def reschedule(self, entry_id: str, *, next_at: float, attempts: int, error: str) -> None:
