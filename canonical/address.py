@@ -104,10 +104,12 @@ def _fail(code: str, message: str, text: str | None, index: int | None, hint: st
 
 
 def _decode(
-    text: str, start: int, end: int, allowed: frozenset[str], what: str, *, iri: bool
+    text: str, start: int, end: int, allowed: frozenset[str] | None, what: str, *, iri: bool
 ) -> str:
     """Percent-decode ``text[start:end]`` after checking every raw character is ``allowed``
-    (plus non-ASCII characters when ``iri``: RFC 3987 §2.2 ucschar). Bytes must be UTF-8."""
+    (plus non-ASCII characters when ``iri``: RFC 3987 §2.2 ucschar). Bytes must be UTF-8.
+    ``allowed=None`` takes every raw character but a lone surrogate (the JID parts of a
+    gateway-wide ``xmpp:`` address, checked as JID parts afterwards)."""
     out = bytearray()
     i = start
     while i < end:
@@ -125,7 +127,11 @@ def _decode(
             out.append(int(pair, 16))
             i += 3
             continue
-        if ch in allowed or (iri and ord(ch) > 0x7F and _printable(ch)):
+        if (
+            (allowed is None and not "\ud800" <= ch <= "\udfff")
+            or (allowed is not None and ch in allowed)
+            or (iri and ord(ch) > 0x7F and _printable(ch))
+        ):
             out += ch.encode("utf-8")
             i += 1
             continue
@@ -134,7 +140,9 @@ def _decode(
             f"character {ch!r} is not allowed raw in the {what}",
             text,
             i,
-            f"percent-encode it as {_pct(ch)}",
+            "pass valid Unicode text (a lone surrogate has no UTF-8 form)"
+            if "\ud800" <= ch <= "\udfff"
+            else f"percent-encode it as {_pct(ch)}",
         )
     try:
         return out.decode("utf-8")
@@ -521,6 +529,31 @@ class Address:
             _check_resource(resource, text, slash + 1)
         return cls("xmpp", local, domain, resource=resource)
 
+    @classmethod
+    def from_gateway(cls, text: str) -> Address:
+        """Read a gateway-wide address (docs/addresses.md "XMPP users seen from the other
+        adapters"), as every adapter receives it in an envelope.
+
+        ``xmpp:`` addresses name a JID as the XMPP server stamped it (:func:`gateway_xmpp`
+        writes them): the localpart stays XEP-0106-escaped and the resource may hold a space
+        (``xmpp:d\\27artagnan@xmpp.example.com/my phone``), which an RFC 5122 IRI would
+        percent-encode; only ``%``, ``?`` and ``#`` are percent-encoded, because RFC 5122 §2.2
+        reads them as an escape, a query and a fragment. So the JID is read from the text
+        after ``xmpp:`` with its parts percent-decoded (:func:`gateway_jid`), and an IRI in
+        canonical spelling (``xmpp:d%5C27artagnan@...``) reads as the same JID. An address
+        with an RFC 5122 query (``xmpp:romeo@example.net?message``) is read as the URI it is.
+        Every other scheme is parsed by :meth:`parse`. ``Address.from_gateway(a.to_gateway())
+        == a`` for every address."""
+        if text[:5].lower() != "xmpp:" or "?" in text:
+            return cls.parse(text)
+        jid = gateway_jid(text)
+        try:
+            return cls.from_jid(jid)
+        except ParseError as exc:
+            if exc.offset is not None:  # offsets point into the text given, when they can
+                exc.offset = exc.offset + 5 if jid == text[5:] else None
+            raise
+
     def __str__(self) -> str:
         if self.scheme in ("sip", "sips"):
             out = [self.scheme, ":"]
@@ -648,6 +681,14 @@ class Address:
         """The ``sip:`` URI of this user (``gr`` parameter for a device), RFC 7247 §6.4."""
         return str(self.with_scheme("sip"))
 
+    def to_gateway(self) -> str:
+        """The gateway-wide text of this address, read back by :meth:`from_gateway`: an
+        ``xmpp:`` address without query is ``xmpp:<JID>`` (:func:`gateway_xmpp`), every other
+        address its canonical ``str()``."""
+        if self.scheme == "xmpp" and not self.params:
+            return gateway_xmpp(self.jid)
+        return str(self)
+
     def matches(self, pattern: str) -> bool:
         """Domain glob used by routing: ``*`` (any domain), ``example.com`` (that domain), or
         ``*.example.com`` (any subdomain of example.com, not example.com itself). Case and a
@@ -672,6 +713,89 @@ def domain_matches(domain: str, pattern: str) -> bool:
     if wildcard:
         return domain.endswith("." + body)
     return domain == body
+
+
+#: The characters of a JID a gateway-wide ``xmpp:`` address percent-encodes: RFC 5122 §2.2
+#: reads them as a percent-escape, the start of a query and the start of a fragment.
+_GATEWAY_XMPP = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
+
+
+def gateway_xmpp(jid: str) -> str:
+    """The gateway-wide address of a JID: ``xmpp:`` and the JID as the XMPP server stamped
+    it, with only ``%``, ``?`` and ``#`` percent-encoded (``who?@x/my phone`` ->
+    ``xmpp:who%3F@x/my phone``), so that it is read back unambiguously (RFC 5122 §2.2: ``?``
+    starts a query, ``#`` a fragment). Text only: the JID is not checked here.
+    :func:`gateway_jid` is the inverse."""
+    if "%" in jid or "?" in jid or "#" in jid:
+        return "xmpp:" + jid.translate(_GATEWAY_XMPP)
+    return "xmpp:" + jid
+
+
+def gateway_jid(text: str) -> str:
+    """The JID text of a gateway-wide ``xmpp:`` address (:func:`gateway_xmpp`, or an RFC 5122
+    IRI): split as RFC 7622 §3.1 splits a JID, each part percent-decoded (RFC 3986 §2.1), an
+    RFC 5122 query dropped (a locator, not part of the address). The parts are not checked
+    as JID parts (the caller's JID reader does that), except that a decoded ``@`` or ``/``
+    outside the resource is refused, since it would split the JID differently. Raises
+    ParseError ``ADDRESS_BAD_SCHEME`` (not ``xmpp:``), ``ADDRESS_UNSUPPORTED`` (authority
+    or fragment, as :meth:`Address.parse`), ``ADDRESS_BAD_PERCENT``, ``JID_BAD_LOCALPART``,
+    ``JID_BAD_DOMAIN``."""
+    if text[:5].lower() != "xmpp:":
+        raise _fail(
+            "ADDRESS_BAD_SCHEME",
+            f"{text[:80]!r} is not an xmpp: address",
+            text,
+            0,
+            "write xmpp:local@domain[/resource]",
+        )
+    if text.startswith("//", 5):
+        raise _fail(
+            "ADDRESS_UNSUPPORTED",
+            "xmpp: URI with an authority component (the account to act as)",
+            text,
+            5,
+            "give only the target: xmpp:node@host/resource",
+        )
+    if "#" in text:
+        raise _fail(
+            "ADDRESS_UNSUPPORTED",
+            "xmpp: URI with a fragment",
+            text,
+            text.index("#"),
+            "percent-encode '#' in a JID as %23",
+        )
+    query = text.find("?")
+    end = query if query >= 0 else len(text)
+    if "%" not in text[5:end]:
+        return text[5:end]
+    slash = text.find("/", 5, end)
+    head_end = slash if slash >= 0 else end
+    at = text.find("@", 5, head_end)
+    parts = []
+    if at >= 0:
+        local = _decode(text, 5, at, None, "JID localpart", iri=True)
+        if "@" in local or "/" in local:
+            raise _fail(
+                "JID_BAD_LOCALPART",
+                f"the JID localpart {local[:80]!r} holds '@' or '/' once percent-decoded",
+                text,
+                5,
+                "escape '@' as \\40 and '/' as \\2f (XEP-0106)",
+            )
+        parts += [local, "@"]
+    domain = _decode(text, at + 1 if at >= 0 else 5, head_end, None, "JID domain", iri=True)
+    if "@" in domain or "/" in domain:
+        raise _fail(
+            "JID_BAD_DOMAIN",
+            f"the JID domainpart {domain[:80]!r} holds '@' or '/' once percent-decoded",
+            text,
+            at + 1 if at >= 0 else 5,
+            "a JID domain is letters, digits, '-' and dots",
+        )
+    parts.append(domain)
+    if slash >= 0:
+        parts += ["/", _decode(text, slash + 1, end, None, "JID resource", iri=True)]
+    return "".join(parts)
 
 
 def _headers_text(headers: tuple[tuple[str, str], ...], allowed: frozenset[str]) -> list[str]:
