@@ -3,7 +3,9 @@
 The component serves one domain (say ``sip.example.com``). Three kinds of JID meet it:
 
 - JIDs of the XMPP server's own users (``alice@xmpp.example.com/phone``): gateway-wide
-  ``xmpp:alice@xmpp.example.com/phone``, resource kept (RFC 7622 §3; RFC 5122 URI form).
+  ``xmpp:alice@xmpp.example.com/phone``, resource kept, the JID as stamped with only ``%``,
+  ``?`` and ``#`` percent-encoded (RFC 7622 §3; RFC 5122 §2.2 delimiters;
+  :func:`canonical.address.gateway_xmpp`).
 - ``bob@sip.example.com`` where the domain map says ``sip.example.com = "sip:example.net"``:
   ``sip:bob@example.net`` (RFC 7247 §6: the local part is the SIP user part).
 - ``bob\\40example.net@sip.example.com``, a XEP-0106 §4 escaped foreign address: the
@@ -21,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from canonical.address import (
     Address,
     escape_localpart,
+    gateway_jid,
+    gateway_xmpp,
     is_canonical_localpart,
     unescape_localpart,
 )
@@ -147,7 +151,9 @@ class AddressMap:
     def _to_uri(self, text: str) -> str:
         jid = Jid.parse(text)
         if not self.owns(jid):
-            return f"xmpp:{jid}"
+            # the JID as stamped, '%', '?' and '#' percent-encoded (RFC 5122 §2.2 reads them
+            # as escape, query and fragment): docs/addresses.md "XMPP users seen from ..."
+            return gateway_xmpp(str(jid))
         if jid.local is None:
             raise RoutingError(
                 f"{text!r} is the gateway component itself, not a foreign address",
@@ -196,17 +202,17 @@ class AddressMap:
 
     # ------------------------------------------------------------------ URI -> JID
     def _to_jid(self, uri: str) -> str:
-        if uri.startswith("xmpp:"):
-            return str(Jid.parse(uri[5:].removeprefix("//").split("?", 1)[0]))
+        if uri[:5].lower() == "xmpp:":
+            try:
+                # the parts percent-decoded, an RFC 5122 query dropped: the inverse of to_uri
+                text = gateway_jid(uri)
+            except ParseError as exc:
+                raise _uri_malformed(uri, exc) from None
+            return str(Jid.parse(text))
         try:
             address = Address.parse(uri).bare
         except ParseError as exc:
-            raise ParseError(
-                "URI_MALFORMED",
-                f"{uri[:80]!r} is not a gateway address: {exc.message} [{exc.code}]",
-                offset=exc.offset,
-                hint=exc.hint or "write scheme:user@host",
-            ) from None
+            raise _uri_malformed(uri, exc) from None
         if address.user is None:
             raise RoutingError(
                 f"{uri!r} has no user part", reason=Reason.UNKNOWN_DESTINATION, hint="add user@"
@@ -260,6 +266,15 @@ def _foreign(
             f"({exc.message})",
             hint="the escaped foreign address needs a host name, an IPv4 or an [IPv6] host",
         ) from None
+
+
+def _uri_malformed(uri: str, exc: ParseError) -> ParseError:
+    return ParseError(
+        "URI_MALFORMED",
+        f"{uri[:80]!r} is not a gateway address: {exc.message} [{exc.code}]",
+        offset=exc.offset,
+        hint=exc.hint or "write scheme:user@host",
+    )
 
 
 def _why(exc: ParseError) -> str:

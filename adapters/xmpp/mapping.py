@@ -67,6 +67,7 @@ from adapters.xmpp.stanza import (
     serialize,
 )
 from canonical import cpim, smime
+from canonical.address import gateway_jid
 from canonical.envelope import (
     CPIM,
     DEFAULT_MAX_FORWARDS,
@@ -116,7 +117,7 @@ def _im_uri(address: str) -> str:
     RFC 7247 §6.4: ``d\\27artagnan@x`` -> ``im:d'artagnan@x``, :func:`presence.user_uri`);
     other URIs lose parameters and resource. Only objects this mapper builds use it."""
     if address.startswith("xmpp:"):
-        return xpresence.user_uri(address[5:], "im")
+        return xpresence.user_uri(gateway_jid(address), "im")
     return address.split(";", 1)[0].split("?", 1)[0]
 
 

@@ -38,7 +38,7 @@ from adapters.xmpp.jid import Jid
 from adapters.xmpp.stanza import STANZA_NAMESPACES, XML_LANG, local, namespace
 from canonical import presence as pidf
 from canonical import smime
-from canonical.address import Address
+from canonical.address import Address, gateway_jid
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import GatewayError, Loss, MappingError, ParseError, Reason
 from canonical.xmldoc import parse_xml
@@ -125,7 +125,7 @@ def user_uri(jid: str, scheme: Literal["im", "pres"]) -> str:
 def _pres_uri(address: str) -> str:
     """The PIDF entity of a gateway-wide address (RFC 3922 §5.1: ``pres:user@host``)."""
     if address.startswith("xmpp:"):
-        return user_uri(address[5:], "pres")
+        return user_uri(gateway_jid(address), "pres")
     if address.startswith("im:"):
         return "pres:" + address[3:].split(";", 1)[0]
     return address.split(";", 1)[0]

@@ -159,7 +159,7 @@ def test_im_and_pres_uri_of_a_jid_map_back_to_the_same_bare_jid(
 
 
 @settings(max_examples=60, deadline=None)
-@given(users.filter(lambda u: "?" not in u), st.sampled_from(["r", "my phone"]))
+@given(users, st.sampled_from(["r", "my phone", "what?"]))
 def test_message_from_any_user_round_trips_and_its_from_names_the_user(
     user: str, resource: str
 ) -> None:
@@ -178,13 +178,72 @@ def test_message_from_any_user_round_trips_and_its_from_names_the_user(
     assert MAPPER.equal(MAPPER.decode(MAPPER.encode(back)), native)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AddressMap.to_jid cuts an xmpp: address at '?' (an RFC 5122 query), but the "
-    "XMPP adapter's own xmpp: addresses are JIDs as stamped, where '?' is a localpart and "
-    "resource character (RFC 7622 §3.3-3.4): replies and failure reports to such a JID go "
-    "to a truncated one (adapters/xmpp/jid.py)",
+@pytest.mark.parametrize(
+    ("jid", "uri"),
+    [
+        ("who?@xmpp.test/r", "xmpp:who%3F@xmpp.test/r"),
+        ("alice@xmpp.test/what?", "xmpp:alice@xmpp.test/what%3F"),
+        ("no#pe@xmpp.test/a#b", "xmpp:no%23pe@xmpp.test/a%23b"),
+        ("o%27neil@xmpp.test", "xmpp:o%2527neil@xmpp.test"),  # the JID, not o'neil
+        ("d\\27artagnan@xmpp.test/my phone", "xmpp:d\\27artagnan@xmpp.test/my phone"),
+    ],
 )
-@pytest.mark.parametrize("jid", ["who?@xmpp.test/r", "alice@xmpp.test/what?"])
-def test_xmpp_address_with_a_question_mark_maps_back_to_the_same_jid(jid: str) -> None:
-    assert fresh_map().to_jid(fresh_map().to_uri(jid)) == jid
+def test_xmpp_address_with_uri_delimiters_maps_back_to_the_same_jid(jid: str, uri: str) -> None:
+    """RFC 5122 §2.2 reads '%', '?' and '#' as escape, query and fragment: the adapter's
+    xmpp: address percent-encodes exactly these, so replies reach the same JID."""
+    assert fresh_map().to_uri(jid) == uri
+    assert fresh_map().to_jid(uri) == jid
+    assert Address.from_gateway(uri).jid == jid  # every other adapter reads the same JID
+
+
+@pytest.mark.parametrize(
+    ("uri", "jid"),
+    [
+        ("xmpp:juliet@xmpp.test/balcony?message;subject=hi", "juliet@xmpp.test/balcony"),
+        ("xmpp:d%5C27artagnan@xmpp.test/my%20phone", "d\\27artagnan@xmpp.test/my phone"),
+    ],
+)
+def test_rfc_5122_iri_maps_to_the_jid_it_names(uri: str, jid: str) -> None:
+    assert fresh_map().to_jid(uri) == jid
+
+
+@pytest.mark.parametrize(
+    ("uri", "code"),
+    [
+        ("xmpp:a%zz@xmpp.test", "ADDRESS_BAD_PERCENT"),
+        ("xmpp:a%2Fb@xmpp.test", "JID_BAD_LOCALPART"),  # '/' would split the JID elsewhere
+        ("xmpp:alice@xmpp.test#frag", "ADDRESS_UNSUPPORTED"),
+    ],
+)
+def test_xmpp_address_that_names_no_jid_is_refused_naming_why(uri: str, code: str) -> None:
+    with pytest.raises(ParseError) as info:
+        fresh_map().to_jid(uri)
+    assert info.value.code == "URI_MALFORMED"
+    assert code in info.value.message
+
+
+jid_resources = st.one_of(
+    st.none(),
+    st.text(
+        st.one_of(st.sampled_from(" a-/@:;=?&%#'\\"), st.characters(categories=("L", "Nd"))),
+        min_size=1,
+        max_size=12,
+    ),
+)
+
+
+@given(users, jid_resources)
+def test_jid_of_a_server_user_maps_to_its_address_and_back(user: str, resource: str | None) -> None:
+    """JID -> gateway-wide xmpp: address -> JID is the identity, through the address map
+    and through canonical.address (the reader of the other adapters)."""
+    local = local_of(user)
+    if local is None:
+        return
+    jid = f"{local}@{XMPP}" + (f"/{resource}" if resource is not None else "")
+    try:
+        Address.from_jid(jid)
+    except ParseError:
+        return
+    uri = fresh_map().to_uri(jid)
+    assert fresh_map().to_jid(uri) == jid
+    assert Address.from_gateway(uri).jid == jid
