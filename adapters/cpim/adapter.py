@@ -413,7 +413,7 @@ class CpimHttpAdapter(Adapter):
 
     async def _peer_urls(self, recipient: str, operation: Operation) -> list[str]:
         try:
-            domain = Address.parse(recipient).domain
+            domain = Address.from_gateway(recipient).domain  # xmpp: as a JID (docs/addresses.md)
         except GatewayError as exc:
             raise DeliveryError(
                 f"cannot route {recipient}: {exc}", retryable=False, reason=Reason.BAD_REQUEST

@@ -179,30 +179,15 @@ def decode_value(value: str, *, header: str) -> str:
         ) from exc
 
 
-def _gateway_address(text: str) -> Address:
-    """Read a gateway-wide address as :func:`adapters.sip.mapping.gateway_address` does: an
-    ``xmpp:`` address is the JID as the XMPP server stamped it (escaped localpart, resource
-    with spaces: docs/addresses.md "The XMPP component's address map"), read as an RFC 5122
-    URI only when it is no JID; so what :meth:`CpimMapper.from_canonical` writes in
-    ``Cpimgw-From``/``Cpimgw-To`` is read back by the next gateway."""
-    if text[:5].lower() != "xmpp:":
-        return Address.parse(text)
-    try:
-        return Address.from_jid(text[5:])
-    except ParseError as refused:
-        try:
-            return Address.parse(text)
-        except ParseError:
-            raise refused from None
-
-
 def _address(request: HttpRequest, name: str) -> str | None:
     raw = request.get(name)
     if raw is None:
         return None
     text = decode_value(raw.strip(), header=name)
     try:
-        _gateway_address(text)
+        # an xmpp: address is a JID as stamped (docs/addresses.md), so what
+        # from_canonical writes in Cpimgw-From/To is read back by the next gateway
+        Address.from_gateway(text)
     except ParseError as exc:
         raise ParseError(
             exc.code,

@@ -85,9 +85,10 @@ class AddressPattern:
 @functools.lru_cache(maxsize=4096)
 def _parts(address: str) -> tuple[str, str | None, str] | None:
     """(scheme with pres: read as im:, user, routing domain) of an address, or None when
-    it does not parse. Cached: callers send from a few addresses over and over."""
+    it does not parse. A gateway-wide ``xmpp:`` address is read as the JID it names
+    (:meth:`Address.from_gateway`). Cached: callers send from a few addresses over and over."""
     try:
-        parsed = Address.parse(address)
+        parsed = Address.from_gateway(address)
     except (ParseError, TypeError):
         return None
     return _SAME.get(parsed.scheme, parsed.scheme), parsed.user, parsed.domain

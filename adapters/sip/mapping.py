@@ -143,29 +143,6 @@ class BodyRoute:
     body_type: str
 
 
-def gateway_address(address: str) -> Address:
-    """Read a gateway-wide address (docs/architecture.md "Addresses in envelopes").
-
-    ``xmpp:`` addresses of XMPP users carry the JID as the server stamped it, not an
-    RFC 5122 IRI (docs/addresses.md "The XMPP component's address map"): the localpart
-    stays XEP-0106-escaped (``xmpp:d\\27artagnan@xmpp.example.com``) and the resource may
-    hold a space (``/my phone``), both of which an ``xmpp:`` IRI must percent-encode. So
-    the text after ``xmpp:`` is read as a JID (RFC 7622 §3.1); only when it is no JID
-    (an RFC 5122 query such as ``?message``) is it read as a URI, and when that fails too
-    the JID's refusal is raised, because it names what is wrong with the address. Every
-    other scheme is parsed as a URI.
-    """
-    if address[:5].lower() != "xmpp:":
-        return Address.parse(address)
-    try:
-        return Address.from_jid(address[5:])
-    except ParseError as refused:
-        try:
-            return Address.parse(address)
-        except ParseError:
-            raise refused from None
-
-
 @functools.lru_cache(maxsize=8192)
 def sip_address(address: str) -> str:
     """A gateway-wide address as a SIP URI (RFC 7247 §6): any scheme is accepted.
@@ -174,7 +151,7 @@ def sip_address(address: str) -> str:
     §25.1 requires (``xmpp:d\\27artagnan@x`` -> ``sip:d'artagnan@x``), and its resource
     becomes the ``gr`` parameter (RFC 7247 §6.3: ``/my phone`` -> ``;gr=my%20phone``)."""
     try:
-        return gateway_address(address).sip_uri
+        return Address.from_gateway(address).sip_uri
     except ParseError as exc:
         raise MappingError(
             f"address {address!r} cannot be written as a SIP URI: {exc}",
@@ -494,7 +471,7 @@ class SipMapper:
         if not self.routes:
             return self.default_body_type
         try:
-            address = gateway_address(recipient)
+            address = Address.from_gateway(recipient)
             aor = address.bare.sip_uri
         except ParseError:  # refused by from_canonical with the reason
             return self.default_body_type

@@ -9,14 +9,20 @@ user the same way; what is neither a JID nor a URI is refused with the JID's rea
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.contract import AdapterContext
+from adapters.cpim.adapter import CpimHttpAdapter, CpimHttpConfig, PeerConfig
 from adapters.cpim.mapping import FROM, TO, HttpMapper, HttpRequest
-from canonical.address import Address, escape_localpart
+from adapters.cpim.token import AddressPattern
+from canonical.address import Address, escape_localpart, gateway_xmpp
 from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload
-from canonical.errors import ParseError
+from canonical.errors import DeliveryError, ParseError
 
 MAPPER = HttpMapper(adapter="api")
 PEER = Origin(adapter="api", peer="gw-a", context={"kind": "peer"})
@@ -46,6 +52,7 @@ def through_a_peer(sender: str, recipient: str) -> Envelope:
         "d\\27artagnan@xmpp.test/my phone",
         "alice@xmpp.test/my phone",
         "a\\20b\\3ac@xmpp.test/Küche",
+        "who%3F@xmpp.test/what%3F",  # the JID who?@xmpp.test/what?
     ],
 )
 def test_stamped_xmpp_address_crosses_to_the_next_gateway_unchanged(jid: str) -> None:
@@ -99,6 +106,62 @@ def test_any_stamped_jid_crosses_the_http_hop_unchanged(user: str, resource: str
         Address("xmpp", local, "xmpp.test", resource=resource)
     except ParseError:
         return
-    address = f"xmpp:{local}@xmpp.test" + (f"/{resource}" if resource is not None else "")
+    # as the XMPP adapter names the user: '%', '?' and '#' percent-encoded (RFC 5122 §2.2)
+    address = gateway_xmpp(f"{local}@xmpp.test" + (f"/{resource}" if resource is not None else ""))
     back = through_a_peer(address, "sip:bob@sip.test")
     assert back.sender == address
+
+
+# ------------------------------------------------------------------ tokens and peers
+
+XMPP_SENDERS = [
+    "xmpp:d\\27artagnan@xmpp.test/my phone",
+    "xmpp:who%3F@xmpp.test/what%3F",
+    "xmpp:d%5C27artagnan@xmpp.test",  # the same user as an RFC 5122 IRI
+]
+
+
+@pytest.mark.parametrize("sender", XMPP_SENDERS)
+def test_send_as_patterns_match_an_xmpp_user_by_its_jid(sender: str) -> None:
+    assert AddressPattern.parse("*@xmpp.test").matches(sender)
+    assert AddressPattern.parse("xmpp:*@xmpp.test").matches(sender)
+    assert not AddressPattern.parse("*@sip.test").matches(sender)
+
+
+def test_user_pattern_names_the_escaped_jid_localpart() -> None:
+    pattern = AddressPattern.parse("xmpp:d\\27artagnan@xmpp.test")
+    assert pattern.matches("xmpp:d\\27artagnan@xmpp.test/my phone")
+    assert pattern.matches("xmpp:d%5C27artagnan@xmpp.test")
+    assert not pattern.matches("xmpp:athos@xmpp.test/my phone")
+
+
+@pytest.mark.parametrize("recipient", XMPP_SENDERS)
+async def test_peer_for_an_xmpp_recipient_is_chosen_by_its_domain(
+    recipient: str, tmp_path: Path
+) -> None:
+    config = CpimHttpConfig(
+        listen=False,
+        database=tmp_path / "api.sqlite",
+        peers=[
+            PeerConfig(name="gw-s.test", domains=["sip.test"], url="http://127.0.0.1:9"),
+            PeerConfig(name="gw-x.test", domains=["xmpp.test"], url="http://127.0.0.1:7"),
+        ],
+    )
+    adapter = CpimHttpAdapter(
+        "api", config, AdapterContext(gateway_id="gw", logger=logging.getLogger("test.http"))
+    )
+    envelope = Envelope(
+        Operation.MESSAGE,
+        "sip:bob@sip.test",
+        recipient,
+        Payload(CPIM, BODY),
+        "0123456789abcdef0123456789abcdef",
+        Origin("sip"),
+    )
+    try:
+        with pytest.raises(DeliveryError) as info:  # nobody listens on port 7: refused there
+            await adapter.send(envelope)
+    finally:
+        await adapter.client.close()
+        await adapter.ledger.close()
+    assert "127.0.0.1:7" in str(info.value)
