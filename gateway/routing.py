@@ -18,12 +18,13 @@ import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, cast
 
+from canonical.address import Address, Scheme
 from canonical.envelope import Envelope, Operation
-from canonical.errors import ConfigError, Reason, RoutingError
+from canonical.errors import ConfigError, ParseError, Reason, RoutingError
 
 SignaturePolicy = Literal["off", "verify", "require"]
 
@@ -167,16 +168,42 @@ class Resolution:
 def rewrite(address: str, *, scheme: str | None, domain: str | None) -> str:
     """The transport address under another scheme and/or domain (RFC 7247 §6).
 
-    The user part is kept as is. When the scheme changes, what only made sense under the
-    old one (an XMPP resource, SIP parameters and port) is left behind.
+    Under the same scheme only the host is replaced: the rest of the text (user, port,
+    resource, parameters) stays byte for byte. When the scheme changes, the user is
+    converted as docs/addresses.md "Conversion between schemes" says (XEP-0106 §4.2
+    escaping into XMPP and unescaping out of it, percent-encoding as the target scheme
+    requires: ``sip:d'artagnan@x`` -> ``xmpp:d\\27artagnan@x``, ``sip:o%27neil@x`` ->
+    ``xmpp:o\\27neil@x``), and what only made sense under the old scheme (an XMPP resource,
+    SIP parameters and port) is left behind. An ``xmpp:`` address is read and written in
+    the gateway-wide form (:meth:`canonical.address.Address.from_gateway`). A user the
+    target scheme cannot hold raises RoutingError (BAD_REQUEST) naming it and the rule.
     """
     if scheme is None and domain is None:
         return address
     parts = split_address(address)
-    new_scheme = scheme or parts.scheme
-    rest = parts.rest if new_scheme == parts.scheme else ""
-    user = f"{parts.user}@" if parts.user is not None else ""
-    return f"{new_scheme}:{user}{domain or parts.host}{rest}"
+    if scheme is None or scheme.lower() == parts.scheme:
+        user = f"{parts.user}@" if parts.user is not None else ""
+        return f"{parts.scheme}:{user}{domain or parts.host}{parts.rest}"
+    return _convert(address, scheme.lower(), domain)
+
+
+@lru_cache(maxsize=65536)
+def _convert(address: str, scheme: str, domain: str | None) -> str:
+    """``address`` under another scheme (see :func:`rewrite`). Cached: a route rewrites the
+    same few addresses over and over; refusals raise every time."""
+    try:
+        source = Address.from_gateway(address)
+        if domain is not None:
+            source = replace(source, host=domain)
+        # an unknown scheme is refused by with_scheme (ADDRESS_BAD_SCHEME)
+        return source.bare.with_scheme(cast("Scheme", scheme)).to_gateway()
+    except ParseError as exc:
+        raise RoutingError(
+            f"{address!r} cannot be rewritten to the route's scheme {scheme!r}"
+            f"{f' and domain {domain!r}' if domain else ''}: {exc.message} [{exc.code}]",
+            reason=Reason.BAD_REQUEST,
+            hint=exc.hint or "the user part must be representable under the route's scheme",
+        ) from None
 
 
 class RoutingTable:

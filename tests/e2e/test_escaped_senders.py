@@ -5,8 +5,8 @@ escape or whose resource holds a space write to SIP users and hear back (docs/ad
 - ``d\\27artagnan@xmpp.test`` (Prosody's account for the user ``d'artagnan``) writes to a SIP
   user, who receives From ``sip:d'artagnan@xmpp.test`` with the resource as ``gr`` (RFC 7247
   §6.3) and a CPIM From ``im:d'artagnan@xmpp.test``. The SIP user's answer to
-  ``sip:d'artagnan@xmpp.test`` does not reach the JID yet (xfail: the route's scheme
-  rewrite pastes the user part into ``xmpp:`` without escaping it).
+  ``sip:d'artagnan@xmpp.test`` reaches the JID: the route's scheme rewrite escapes the
+  user into ``xmpp:d\\27artagnan@xmpp.test`` (XEP-0106 §4.2, gateway/routing.py).
 - ``alice@xmpp.test/my phone`` writes to a SIP user, who receives ``;gr=my%20phone``, and
   the answer comes back."""
 
@@ -60,14 +60,6 @@ async def test_escaped_jid_writes_to_sip_as_its_unescaped_user(
         assert body.body.decode() == "En garde, Planchet"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the route for xmpp.test rewrites sip:d'artagnan@xmpp.test to "
-    "xmpp:d'artagnan@xmpp.test by pasting the user part (gateway/routing.py rewrite), "
-    "without the XEP-0106 escaping of canonical.address with_scheme; the XMPP side refuses "
-    "that JID (JID_MALFORMED). Without the scheme rewrite the address map gives "
-    "d\\27artagnan@xmpp.test (tests/xmpp/test_i18n_addresses.py)",
-)
 async def test_sip_answer_to_the_unescaped_user_reaches_the_escaped_jid(
     escaped_stack: Stack,
 ) -> None:
