@@ -53,7 +53,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from canonical.address import is_canonical_localpart, unescape_localpart
+from canonical.address import gateway_jid, is_canonical_localpart, unescape_localpart
 from canonical.envelope import MULTIPART_SIGNED, PKCS7_MIME, Payload
 from canonical.errors import GatewayError, ParseError, Reason, SecurityError
 
@@ -999,41 +999,56 @@ _AOR_SCHEMES = frozenset({"im", "pres", "sip", "sips", "xmpp"})
 def _identity(uri: str) -> tuple[str, str, str] | None:
     """(scheme, user, host) of an address-of-record URI, or None for other URIs.
 
-    The user part is percent-decoded and compared exactly; the host is case-insensitive
+    The user part is decoded and compared exactly; the host is case-insensitive
     (RFC 3986 §6.2.2.1). SIP parameters and headers, ports, passwords, XMPP resources and
     query parts do not name a different person and are dropped (RFC 3923 §6.3: ignore the
-    resource).
+    resource). Each scheme is split where its grammar puts the user's end, because a user
+    may hold ``;``, ``?`` or ``#``: a SIP user ends at the first ``@`` (RFC 3261 §25.1
+    ``user`` allows ``;`` and ``?``: ``sip:who?@x``), an ``im:``/``pres:`` URI at its
+    ``?headers`` (RFC 3860 §3.2, which encodes the rest), an ``xmpp:`` address is read as
+    the gateway writes it (``%``, ``?``, ``#`` percent-encoded: :func:`gateway_jid`) and a
+    bare JID, as a stanza 'from' gives it, is taken as it is (RFC 7622 §3.1).
     """
     text = uri.strip()
     if "<" in text and text.endswith(">"):
         text = text[text.rindex("<") + 1 : -1].strip()
     scheme, sep, rest = text.partition(":")
     if not sep or "@" not in text or not scheme.isalpha():
-        scheme, rest = "xmpp", text  # a bare JID, as an XMPP stanza 'from' gives it
+        scheme, rest = "jid", text  # a bare JID, as an XMPP stanza 'from' gives it
     scheme = scheme.lower()
-    if scheme not in _AOR_SCHEMES:
+    if scheme not in _AOR_SCHEMES and scheme != "jid":
         return None
-    if rest.startswith("//"):  # xmpp://authority/node@host
-        rest = rest[2:].partition("/")[2]
-    for stop in ("?", "#", ";"):
-        rest = rest.partition(stop)[0]
-    user, at, host = rest.rpartition("@")
+    if scheme in ("xmpp", "jid"):
+        if scheme == "xmpp":
+            if rest.startswith("//"):  # xmpp://authority/node@host
+                rest = rest[2:].partition("/")[2]
+            try:
+                rest = gateway_jid("xmpp:" + rest)
+            except ParseError:
+                return None
+        scheme, rest = "xmpp", rest.partition("/")[0]  # without the XMPP resource
+    elif scheme in ("im", "pres"):
+        rest = rest.partition("?")[0].partition("#")[0]
+    user, at, host = rest.partition("@")
     if not at or not user:
         return None
-    host = host.partition("/")[0]  # XMPP resource
+    for stop in "/;?#":
+        host = host.partition(stop)[0]
     # drop the port (an IPv6 literal keeps its brackets)
     host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
-    user = unquote(user.partition(":")[0])  # sip:user:password@host
     host = _ascii_host(host.lower().rstrip("."))
-    if scheme == "xmpp":
-        # XEP-0106 §4.2 / RFC 7247 §6: the JID d\27artagnan is the user d'artagnan of im:
-        # and sip: (docs/addresses.md "Conversion between schemes")
-        if not is_canonical_localpart(user):
-            # foo\5cbar unescapes to the user of foo\5c5cbar (XEP-0106 §7): it names no
-            # user of another scheme, only itself ('/' never ends up in a host here)
-            return scheme, user, f"{host}/xep-0106-non-canonical"
-        user = unescape_localpart(user)
-    return scheme, user, host
+    if scheme in ("sip", "sips"):
+        user = user.partition(":")[0]  # sip:user:password@host
+    if scheme != "xmpp":
+        user = unquote(user)
+        return scheme, user, host
+    # XEP-0106 §4.2 / RFC 7247 §6: the JID d\27artagnan is the user d'artagnan of im:
+    # and sip: (docs/addresses.md "Conversion between schemes")
+    if not is_canonical_localpart(user):
+        # foo\5cbar unescapes to the user of foo\5c5cbar (XEP-0106 §7): it names no
+        # user of another scheme, only itself ('/' never ends up in a host here)
+        return scheme, user, f"{host}/xep-0106-non-canonical"
+    return scheme, unescape_localpart(user), host
 
 
 def _ascii_host(host: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from canonical.address import Address, escape_localpart
+from canonical.address import Address, escape_localpart, gateway_xmpp
 from canonical.errors import ParseError
 from canonical.smime import match_sender
 
@@ -45,22 +45,63 @@ def test_other_users_are_not_named(sender: str, author: str) -> None:
     assert match_sender(sender, [author]) is None
 
 
-# without ";", "?" and "#": match_sender cuts every address there first (URI parameters,
-# query, fragment), though a JID localpart may hold them (RFC 7622 §3.3)
+@pytest.mark.parametrize(
+    ("sender", "author"),
+    [
+        # a JID localpart may hold ';', '?' and '#' (RFC 7622 §3.3); a SIP user ';' and '?'
+        # raw (RFC 3261 §25.1), im: percent-encodes them (RFC 3860 §3.2)
+        ("xmpp:who%3F@xmpp.test/r", "sip:who?@xmpp.test"),
+        ("xmpp:who%3F@xmpp.test/r", "im:who%3F@xmpp.test"),
+        ("xmpp:a;b@xmpp.test/r", "sip:a;b@xmpp.test;gr=r"),
+        ("xmpp:a;b@xmpp.test", "im:a%3Bb@xmpp.test"),
+        ("xmpp:no%23pe@xmpp.test", "pres:no%23pe@xmpp.test"),
+        ("xmpp:o%2527neil@xmpp.test", "im:o%2527neil@xmpp.test"),  # the JID o%27neil
+        ("who?@xmpp.test/r@x", "im:who%3F@xmpp.test"),  # a bare JID, as a stanza gives it
+        ("sip:alice;day=tuesday@atlanta.example", "im:alice%3Bday=tuesday@atlanta.example"),
+    ],
+)
+def test_users_holding_uri_delimiters_are_named_by_their_whole_user(
+    sender: str, author: str
+) -> None:
+    assert match_sender(sender, [author]) == author
+
+
+@pytest.mark.parametrize(
+    ("sender", "author"),
+    [
+        ("xmpp:who%3F@xmpp.test", "im:who@xmpp.test"),  # not cut at '?'
+        ("xmpp:a;b@xmpp.test", "sip:a@xmpp.test"),  # not cut at ';'
+        ("xmpp:o%2527neil@xmpp.test", "im:o'neil@xmpp.test"),  # %25 is a '%'
+        ("o%27neil@xmpp.test", "im:o'neil@xmpp.test"),  # a bare JID is not percent-decoded
+    ],
+)
+def test_a_user_cut_at_a_delimiter_is_another_user(sender: str, author: str) -> None:
+    assert match_sender(sender, [author]) is None
+
+
+# every character an XMPP user's name may hold, ';', '?', '#' and '%' included
 user_char = st.one_of(
-    st.sampled_from("abcXYZ019-_.!~*()=+$,% \"&'/:<>\\"),
+    st.sampled_from("abcXYZ019-_.!~*()=+$,%;?# \"&'/:<>\\"),
     st.characters(categories=("Ll", "Lu", "Lo", "Nd"), min_codepoint=0x80),
 )
 
 
 @given(
     st.text(user_char, min_size=1, max_size=16).filter(lambda u: u.strip(" ") == u),
-    st.sampled_from(["im", "pres", "sip"]),
+    st.sampled_from(["im", "pres", "sip", "sips"]),
+    st.sampled_from([None, "r", "my phone", "a?b#c;d%e"]),
 )
-def test_jid_names_the_uri_its_user_converts_to(user: str, scheme: str) -> None:
+def test_jid_names_the_uri_its_user_converts_to(
+    user: str, scheme: str, resource: str | None
+) -> None:
+    """The JID, as the XMPP adapter names it (``xmpp:`` + JID, ``%?#`` encoded) and as a
+    stanza gives it (bare text), names the URI of its user under every scheme."""
     try:
-        jid = Address("xmpp", escape_localpart(user), "xmpp.test")
-        uri = str(jid.with_scheme(scheme))  # type: ignore[arg-type]
+        jid = Address("xmpp", escape_localpart(user), "xmpp.test", resource=resource)
+        uri = str(jid.bare.with_scheme(scheme))  # type: ignore[arg-type]
     except ParseError:
         return
-    assert match_sender(f"xmpp:{jid.user}@xmpp.test/r", [uri]) == uri
+    text = jid.jid
+    assert match_sender(gateway_xmpp(text), [uri]) == uri
+    assert match_sender(text, [uri]) == uri
+    assert match_sender(uri, [gateway_xmpp(text)]) == gateway_xmpp(text)
