@@ -357,22 +357,22 @@ class _Commits:
         memory), then answer each caller still waiting."""
         if error is None and value is not None:
             store = self.store
-            if store.serve:
+            if store.serve:  # as store._remember(), inlined: once per message
+                ready, due, pending = store._ready, store._due, EntryState.PENDING
                 for commit, accepted in zip(self.commits, value, strict=True):
                     at = commit.at
                     for out, entry_id in zip(commit.entries, accepted.ids, strict=False):
-                        store._remember(
-                            Entry(
-                                id=entry_id,
-                                target=out.target,
-                                envelope=out.envelope,
-                                state=EntryState.PENDING,
-                                attempts=0,
-                                next_at=at,
-                                created_at=at,
-                                expires_at=out.expires_at,
-                            )
+                        ready[entry_id] = Entry(
+                            id=entry_id,
+                            target=out.target,
+                            envelope=out.envelope,
+                            state=pending,
+                            attempts=0,
+                            next_at=at,
+                            created_at=at,
+                            expires_at=out.expires_at,
                         )
+                        heapq.heappush(due, (at, int(entry_id), entry_id))
             for future, accepted in zip(self.futures, value, strict=True):
                 if not future.done():
                     future.set_result(accepted)
