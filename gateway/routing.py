@@ -73,7 +73,8 @@ def split_address(address: str) -> AddressParts:
         scheme, rest = match.group(1).lower(), text[match.end() :]
     else:
         scheme, rest = "xmpp", text
-    rest = rest.removeprefix("//")
+    if scheme == "xmpp":
+        rest = rest.removeprefix("//")  # RFC 5122 §2.2 authority; a SIP user may begin "//"
     head_end = rest.find("/") if scheme in ("xmpp", "im", "pres") else -1
     head = rest if head_end < 0 else rest[:head_end]
     at = head.rfind("@")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from canonical.address import Address, escape_localpart, gateway_xmpp
+from canonical.address import Address, escape_localpart, gateway_xmpp, is_canonical_localpart
 from canonical.errors import ParseError, Reason, RoutingError
 from gateway.routing import Route, RoutingTable, rewrite
 
@@ -73,6 +73,7 @@ def test_user_the_target_scheme_cannot_hold_is_a_bad_request_naming_why(
         ("xmpp:d\\27artagnan@a.test/my phone", "xmpp", "b.test", None),
         ("xmpp:who?@a.test/r", None, "b.test", "xmpp:who?@b.test/r"),
         ("im:d%27artagnan@a.test", "im", None, "im:d%27artagnan@a.test"),
+        ("sip://x@a.test", None, "b.test", "sip://x@b.test"),  # a SIP user may begin '//'
     ],
 )
 def test_rewrite_that_keeps_the_scheme_keeps_the_text(
@@ -101,6 +102,9 @@ def test_address_rewritten_to_xmpp_and_back_is_the_same(
 ) -> None:
     """scheme: -> xmpp: -> scheme: is the identity on the address (its canonical text), and
     the xmpp: address names the JID XEP-0106 escaping gives."""
+    if scheme in ("im", "pres") and "/" in user:
+        # routing reads im:a/b@x as a resource /b@x after im:a (split_address): not a law here
+        return
     original = str(Address(scheme, user, "a.test"))  # type: ignore[arg-type]
     try:
         Address("xmpp", escape_localpart(user), "a.test")
@@ -125,11 +129,15 @@ def test_jid_rewritten_to_another_scheme_and_back_is_the_same_bare_jid(
         jid = Address("xmpp", escape_localpart(user), "a.test", resource=resource)
     except ParseError:
         return
+    if scheme == "im" and "/" in user:
+        return  # routing reads im:a/b@x as a resource /b@x after im:a (split_address)
     original = gateway_xmpp(jid.jid)
-    try:
-        there = rewrite(original, scheme=scheme, domain=None)
-    except RoutingError:
-        return  # a JID that is not canonically escaped has no URI (XEP-0106 §7)
+    if not is_canonical_localpart(jid.user or ""):
+        # a JID that is not canonically escaped has no URI (XEP-0106 §7)
+        with pytest.raises(RoutingError, match="JID_AMBIGUOUS_ESCAPE"):
+            rewrite(original, scheme=scheme, domain=None)
+        return
+    there = rewrite(original, scheme=scheme, domain=None)
     back = rewrite(there, scheme="xmpp", domain=None)
     assert back == gateway_xmpp(jid.bare_jid)
 
