@@ -219,7 +219,10 @@ _LANG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*")
 # From/To/cc (§4.1-4.3): [ Formal-name ] "<" URI ">"; Formal-name = 1*( Token SP ) / String.
 _PARTY = re.compile(rf'(?:((?:[{_TC}]+ )+)|"({_STR_BODY})"( *))?<([^<>]*)>')
 # RFC 3986 absolute-URI (RFC 2396 absoluteURI): scheme ":" then URI characters, no fragment.
-_URI_TEXT = r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*"
+# (Written as runs of plain characters between %HH, which sre matches several times
+# faster than one alternation per character.)
+_URI_CHARS = r"[A-Za-z0-9\-._~:/?\[\]@!$&'()*+,;=]*"
+_URI_TEXT = rf"[A-Za-z][A-Za-z0-9+.\-]*:{_URI_CHARS}(?:%[0-9A-Fa-f]{{2}}{_URI_CHARS})*"
 _URI = re.compile(_URI_TEXT)
 # A From/To/cc value with nothing wrong: token name or String without a space before "<",
 # and an absolute URI (one pattern, so the common case costs one match).
@@ -1064,8 +1067,10 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     MIME headers starting with its Content-Type, no bare CR or LF, within the policy's
     limits; in strict mode also no control character in the header blocks but the CRLFs
     (and HTAB in the entity's), no whitespace ending a CPIM line and an SP after every
-    head. Values are checked now in strict mode, on first access of ``defects`` in
-    lenient mode (with the line-level checks: see :func:`_has_line_faults`).
+    head. Values are checked now in strict mode (all at once by the block's pattern when
+    its heads were seen before: :func:`_strict_block`; else one by one), on first access
+    of ``defects`` in lenient mode (with the line-level checks: see
+    :func:`_has_line_faults`).
     """
     # The blocks (RFC 3862 §2): one split of a small object (the body is copied once, which
     # costs less than two searches from an offset up to about 8 KiB), two searches and
@@ -1097,29 +1102,51 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
     if e_end + 2 - h0 > policy.max_line_length or size > policy.max_message_size:
         return _parse_general(data, form, policy)
     try:
-        lines = head.decode().split("\r\n")  # UTF-8
+        block = head.decode()  # UTF-8
+        lines = block.split("\r\n")
         elines = ehead.decode().split("\r\n")
     except UnicodeDecodeError:
         return _parse_general(data, form, policy)
     strict = policy.strict
     if len(lines) + len(elines) + 3 > policy.max_headers or (
-        # strict: no control character but CRLF (hence no bare CR or LF) and HTAB, and
-        # no HTAB or SP ending a line in the CPIM block
-        len(head) - len(head.translate(None, _CTL_NO_TAB)) != 2 * len(lines) - 2
-        or len(ehead) - len(ehead.translate(None, _CTL_NO_TAB)) != 2 * len(elines) - 2
-        or b"\t" in head
-        or b" \r\n" in head
-        or head.endswith(b" ")
+        # strict: no control character but CRLF (hence no bare CR or LF) and HTAB in the
+        # entity's block (the CPIM block's are checked below)
+        len(ehead) - len(ehead.translate(None, _CTL_NO_TAB)) != 2 * len(elines) - 2
         if strict
         # lenient: every CR and LF is part of a CRLF (the separators are gone)
         else "\r" in (joined := "".join(lines + elines)) or "\n" in joined
     ):
         return _parse_general(data, form, policy)
     # The CPIM lines (§3): a block whose sequence of heads (and NS values) was read before
-    # has the same names, namespaces and parameters; only the values are new. Strict mode,
-    # which needs every record now to check its value, reads them at once.
+    # has the same names, namespaces and parameters; only the values are new. Strict mode
+    # takes that path only when the whole block matches the block's remembered pattern of
+    # valid values (:func:`_strict_block`); any other block has its records read and each
+    # value checked now, which finds the first fault and says where it is.
     parts = list(map(_PARTITION, lines, _SPACES))
-    skeleton = None if strict else _SKELETONS.get(tuple(map(_HEAD_OF, parts)))
+    key = tuple(map(_HEAD_OF, parts))
+    skeleton = _SKELETONS.get(key)
+    checked = False  # strict: every value found valid at once
+    if strict and skeleton is not None:
+        valid = _STRICT_BLOCKS.get(key)
+        if valid is None:
+            valid = _strict_block(key, skeleton)
+        if policy.profile is None and valid(block) is not None:
+            checked = True
+        else:
+            skeleton = None
+    if (
+        strict
+        and not checked
+        and (
+            # no control character but CRLF (hence no bare CR or LF), no HTAB or SP ending a
+            # line (what a block matching its strict pattern has not either)
+            len(head) - len(head.translate(None, _CTL_NO_TAB)) != 2 * len(lines) - 2
+            or b"\t" in head
+            or b" \r\n" in head
+            or head.endswith(b" ")
+        )
+    ):
+        return _parse_general(data, form, policy)
     if skeleton is not None:
         for k, text, quoted in skeleton[2]:
             if quoted:  # a head with a quoted String parameter, which may hold SP
@@ -1130,11 +1157,12 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
             elif parts[k][2] == text:  # an NS value
                 continue
             skeleton = None
+            checked = False
             parts = list(map(_PARTITION, lines, _SPACES))  # undo what was patched
             break
     records: list[_Record] | None = None
     if skeleton is None:
-        records, skeleton = _read_parts(parts, lines, not strict)
+        records, skeleton = _read_parts(parts, lines, key)
         if records is None:
             if not lines[0] and data.startswith(b"\r\n", h0):
                 return _parse_empty_block(data, form, policy, h0)
@@ -1151,8 +1179,8 @@ def _parse(data: bytes, form: Form, policy: Policy) -> CpimMessage:
         for name, colon, _ in map(_PARTITION, elines[1:], _COLONS):
             if not colon or name not in names:
                 return _parse_general(data, form, policy)
-    found: tuple[Defect, ...] | None = None
-    if strict:
+    found: tuple[Defect, ...] | None = () if strict else None
+    if strict and not checked:
         if records is None:
             assert skeleton is not None
             records = _records_of(skeleton, parts)
@@ -1251,13 +1279,12 @@ def _records_of(skeleton: _Skeleton, parts: list[tuple[str, str, str]]) -> list[
 
 
 def _read_parts(
-    parts: list[tuple[str, str, str]], lines: list[str], remember: bool = True
+    parts: list[tuple[str, str, str]], lines: list[str], key: tuple[str, ...]
 ) -> tuple[list[_Record] | None, _Skeleton | None]:
     """The records of CPIM lines split at their first SP, when each starts with a valid
     head (None otherwise), names resolved through NS (§3.4), and the block's skeleton,
-    remembered (:data:`_SKELETONS`), unless ``remember`` is false (the records alone;
-    ``parts`` is then not to be read). A line whose head has a quoted String parameter
-    gets its real value in ``parts`` too.
+    remembered (:data:`_SKELETONS`) under ``key``, the heads of ``parts``. A line whose
+    head has a quoted String parameter gets its real value in ``parts`` too.
     """
     records: list[_Record] = []
     append = records.append
@@ -1291,9 +1318,6 @@ def _read_parts(
             append((info, namespace, value, None))
         else:
             append((info, default, value, None))
-    if not remember:
-        return records, None
-    key = tuple(map(_HEAD_OF, parts))
     for k, text, _ in quoted:  # the value is after the whole head, not the first SP
         parts[k] = (text[:-1], " ", records[k][2])
     checks = quoted + [(k, r[2], False) for k, r in enumerate(records) if r[0][2] == "NS"]
@@ -1312,6 +1336,8 @@ def _read_parts(
     )
     size = sum(map(len, key)) + sum(len(text) for _, text, _ in skeleton[2])
     if len(_SKELETONS) < _SKELETONS_MAX and size <= _SKELETON_SIZE:
+        if _SKELETONS.get(key, skeleton) != skeleton:  # other NS values for these heads
+            _STRICT_BLOCKS.pop(key, None)  # made for the ones replaced
         _SKELETONS[key] = skeleton
     return records, skeleton
 
@@ -1862,20 +1888,37 @@ def _report(  # noqa: PLR0917 - internal
 
 
 # The common valid shape of each core header's value, as one pattern (§3.6, §4): a value
-# matching it has nothing to report (what _value_findings would say is pinned by a property
-# test), so strict mode needs no closer look. DateTime: days 01-28, no leap second,
-# upper-case T and Z (other dates are read field by field).
-_VALID_PARTY = re.compile(rf'(?:(?:[{_TC}]+ )+|"[^"\\\x00-\x1f\x7f]*")?<{_URI_TEXT}>').fullmatch
+# matching it has nothing to report (what _value_findings would say is pinned by property
+# tests), so strict mode needs no closer look. DateTime: any valid calendar date (leap
+# years included), no leap second, upper-case T and Z (others are read field by field).
+# TOKENCHAR as the ASCII characters it leaves out: the same set, which sre compiles in
+# microseconds instead of milliseconds (a whole-block pattern holds one per party line).
+_TC_CLASS: Final = r'[^\x00-\x20"(),/:;<=>?@\[\\\]{}\x7f]'
+_PARTY_SHAPE: Final = rf'(?:(?:{_TC_CLASS}+ )+|"[^"\\\x00-\x1f\x7f]*")?<{_URI_TEXT}>'
+_DATE_SHAPE: Final = (
+    r"(?:[0-9]{4}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
+    r"|(?:0[13-9]|1[0-2])-(?:29|30)|(?:0[13578]|1[02])-31)"
+    # 29 February of a leap year: divisible by 4, and by 400 when by 100 (RFC 3339 §5.7)
+    r"|(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29)"
+)
+_DATETIME_SHAPE: Final = (
+    _DATE_SHAPE + r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
+    r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+_NS_SHAPE: Final = rf"(?:[{_NC}]+ ?)?<{_URI_TEXT}>"
+# Any other value (Subject, extension headers): not empty, no control character, every
+# backslash starting a defined escape (§2.3, §2.3.1), not ending with SP (§2.2).
+_VALUE_SHAPE: Final = (
+    r"(?=[^\r\n])[^\\\x00-\x1f\x7f]*"
+    r"""(?:\\(?:u[0-9A-Fa-f]{4}|[btnr"'\\])[^\\\x00-\x1f\x7f]*)*(?<! )"""
+)
+_VALID_PARTY = re.compile(_PARTY_SHAPE).fullmatch
 _VALID_SHAPES: Final[dict[str, Callable[[str], re.Match[str] | None]]] = {
     "From": _VALID_PARTY,
     "To": _VALID_PARTY,
     "cc": _VALID_PARTY,
-    "DateTime": re.compile(
-        r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])"
-        r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?"
-        r"(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-    ).fullmatch,
-    "NS": re.compile(rf"(?:[{_NC}]+ ?)?<{_URI_TEXT}>").fullmatch,
+    "DateTime": re.compile(_DATETIME_SHAPE).fullmatch,
+    "NS": re.compile(_NS_SHAPE).fullmatch,
 }
 # Subject's one parameter, a valid lang tag (§3.3, §4.5).
 _LANG_PARAM = re.compile(r";lang=[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*").fullmatch
@@ -1928,6 +1971,94 @@ def _check_values(
         if not isinstance(layout, _Layout):
             layout = layout()
         _check_msrp(records, layout, faults, layout.starts[-1])
+
+
+def _strict_block(key: tuple[str, ...], skeleton: _Skeleton) -> Callable[[str], object]:
+    """The test strict mode runs on a CPIM block whose heads are ``key`` (and whose NS
+    values and quoted heads those of ``skeleton``): one pattern for the whole block, each
+    line its head as written, SP, and the valid shape of its kind of value (the patterns
+    :func:`_check_values` accepts at once, a Require listing only declared prefixes, and
+    any other value with defined escapes only), or None. A block it matches has nothing
+    for :func:`_check_values` to report (property tests hold them equal); any other block
+    is checked value by value, which reports the first fault with its line and byte.
+
+    A block it matches has no control character but the CRLFs between its lines and no
+    whitespace ending a line either (§2.2). Remembered per key (bounded like the
+    skeletons).
+    """
+    heads, namespaces, checks = skeleton[0], skeleton[1], skeleton[2]
+    fixed = {k: (text, quoted) for k, text, quoted in checks}
+    prefixes: dict[str, None] = {}  # bound by NS so far, for Require (§3.5)
+    patterns = []
+    fit = True
+    for k, (head, namespace) in enumerate(zip(heads, namespaces, strict=True)):
+        local, params = head[2], head[3]
+        if namespace is None:  # UNDEFINED_PREFIX
+            fit = False
+            break
+        core = namespace == CPIM_NS
+        if core and local in _NO_PARAMS:
+            if params:  # PARAMS_NOT_ALLOWED
+                fit = False
+                break
+            if local == "Require":
+                name = rf"[{_NC}]+"
+                if prefixes:
+                    bound = "|".join(map(re.escape, prefixes))
+                    name = rf"(?:(?:{bound})\.)?{name}"
+                shape = rf"{name}(?:,{name})*"
+            else:
+                shape = _CORE_SHAPES[local]
+        elif core and local == "Subject":
+            if params and _LANG_PARAM(params) is None:
+                fit = False
+                break
+            shape = _VALUE_SHAPE
+        else:
+            found: list[_Finding] = []
+            if params:
+                _read_params(params, found)
+            if found:
+                fit = False
+                break
+            shape = _VALUE_SHAPE
+        start = key[k] + " "
+        text, quoted = fixed.get(k, ("", False))
+        if quoted:  # the whole head, quoted String parameters and SP included
+            start = text
+        elif local == "NS":  # the value is fixed too: check it now
+            if re.fullmatch(shape, text) is None:
+                fit = False
+                break
+            if core:
+                binding = _read_ns(text)
+                if binding is not None and binding[0] is not None:
+                    prefixes[binding[0]] = None
+            patterns.append(re.escape(start + text))
+            continue
+        patterns.append(re.escape(start) + shape)
+    check: Callable[[str], object] = (
+        re.compile("\r\n".join(patterns)).fullmatch if fit else _NO_BLOCK
+    )
+    if len(_STRICT_BLOCKS) < _SKELETONS_MAX:
+        _STRICT_BLOCKS[key] = check
+    return check
+
+
+def _no_block(_block: str) -> None:
+    """The strict test of a block layout that is never valid as a whole."""
+
+
+_NO_BLOCK: Final = _no_block
+#: :func:`_strict_block` per sequence of heads.
+_STRICT_BLOCKS: dict[tuple[str, ...], Callable[[str], object]] = {}
+_CORE_SHAPES: Final = {
+    "From": _PARTY_SHAPE,
+    "To": _PARTY_SHAPE,
+    "cc": _PARTY_SHAPE,
+    "DateTime": _DATETIME_SHAPE,
+    "NS": _NS_SHAPE,
+}
 
 
 def _diagnose_line(
