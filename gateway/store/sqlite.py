@@ -10,9 +10,10 @@ Why this shape:
 - **Group commit**: every operation is queued to one pump. It runs all the operations
   queued while the previous transaction was committing in a single transaction, so many
   concurrent ``deliver`` calls share one fsync. The statements run on the event loop's
-  thread (microseconds each, no locks); ``BEGIN IMMEDIATE`` — the wait for the write lock
-  another process may hold — and ``COMMIT`` — the fsync — run in the store's thread. One
-  failing operation fails alone: the batch is then replayed one by one.
+  thread (microseconds each, no locks); ``COMMIT`` — the fsync — runs in the store's
+  thread, and so does ``BEGIN IMMEDIATE`` whenever it has to wait for the write lock
+  another process holds (a free lock is taken on the loop at once). One failing
+  operation fails alone: the batch is then replayed one by one.
 - **Message commits queued together are written together** (:class:`_Commits`): their
   dedup marks with one ``executemany``, their queue rows with a few multi-row
   ``INSERT`` statements, and completions are deleted by ranges of ids, so the durable
@@ -460,16 +461,20 @@ class _Pump:
     """Runs queued operations in batches, one transaction per batch (group commit).
 
     The statements run on the event loop's thread (they are fast and need no locking:
-    only the pump touches the connection); ``BEGIN IMMEDIATE`` — which waits for another
-    connection's write lock — and ``COMMIT`` — where SQLite fsyncs the WAL and
-    checkpoints it now and then — go to the store's own thread, and the operations queued
-    meanwhile form the next batch. Two thread hops per batch, no lock ping-pong per row,
-    and the loop never waits for the file's write lock.
+    only the pump touches the connection); ``COMMIT`` — where SQLite fsyncs the WAL and
+    checkpoints it now and then — goes to the store's own thread, and the operations
+    queued meanwhile form the next batch; so does ``BEGIN IMMEDIATE`` when another
+    connection holds the write lock (:meth:`_begin`). One thread hop per batch, no lock
+    ping-pong per row, and the loop never waits for the file's write lock.
     """
 
-    def __init__(self, conn: sqlite3.Connection, synchronous: Synchronous) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, synchronous: Synchronous, busy_timeout: float
+    ) -> None:
         self.conn = conn
         self.synchronous = synchronous
+        self.busy_ms = int(busy_timeout * 1000)
+        conn.execute("PRAGMA busy_timeout = 0")  # waits for the lock go to the thread
         self.loop = asyncio.get_running_loop()  # made by the store's open(), on the loop
         self.ops: list[_Op | _Commits] = []
         self.wake = asyncio.Event()
@@ -549,15 +554,37 @@ class _Pump:
         except Exception as exc:  # noqa: BLE001 - the commit itself failed: all fail
             return [(op, None, exc) for op in batch]
 
+    async def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``: take the write lock, waiting up to ``busy_timeout`` while
+        another connection holds it (an operator's ``cpimgw queue drop``), never on the
+        loop. The connection's own busy timeout is 0, so the first try, on the loop,
+        takes a free lock at once or fails at once; only then does the wait go to the
+        store's thread, and the loop goes on serving meanwhile. Taking a free lock on the
+        loop spares a hop whose answer would queue behind every sender the last commit
+        woke: the next batch's statements and fsync start at once and overlap with the
+        woken senders' work, instead of following it. Once the lock is held, the
+        statements wait for no lock."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            await self.committer.run(self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        """In the store's thread: ``BEGIN IMMEDIATE`` waiting up to ``busy_timeout``."""
+        conn = self.conn
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_ms}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
     async def _transaction(self, batch: list[_Op | _Commits]) -> list[_Result]:
         conn = self.conn
         results: list[_Result] = []
         try:
-            # BEGIN IMMEDIATE takes the write lock, waiting up to busy_timeout while another
-            # connection holds it (an operator's `cpimgw queue drop`): in the commit thread,
-            # so the loop goes on serving meanwhile. Once it is held, the statements below
-            # wait for no lock.
-            await self.committer.run(conn.execute, "BEGIN IMMEDIATE")
+            await self._begin()
             for op in batch:
                 try:
                     results.append((op, op.run(conn), None))
@@ -790,7 +817,7 @@ class SqliteStore:
                 reason=Reason.INTERNAL,
                 hint="check the [store] path and that the directory is writable",
             ) from exc
-        self._pump = _Pump(conn, self.synchronous)
+        self._pump = _Pump(conn, self.synchronous, self.busy_timeout)
         self._pump.start()
         if self.serve:
             rows = await self._submit(

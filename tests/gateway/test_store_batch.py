@@ -112,3 +112,25 @@ async def test_completions_delete_exactly_the_completed_entries(tmp_path: Path) 
     left = {e.id for e in await again.entries(EntryState.PENDING, 100)}
     await again.close()
     assert left == {e.id for e in claimed} - done
+
+
+async def test_every_write_waits_for_a_held_lock_not_only_the_first(tmp_path: Path) -> None:
+    """A free write lock is taken on the loop without waiting; a held one is waited for in
+    the store's thread, each time it is held (the wait is not used up by the first)."""
+    path = tmp_path / "q.sqlite3"
+    store = SqliteStore(path, busy_timeout=5.0)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for n in range(2):
+            other.execute("BEGIN IMMEDIATE")
+            writing = asyncio.ensure_future(store.commit(commit_of(f"held-{n}")))
+            await asyncio.sleep(0.1)
+            assert not writing.done(), "the write went through while the lock was held"
+            other.execute("ROLLBACK")
+            assert not (await writing).duplicate
+            assert not (await store.commit(commit_of(f"free-{n}"))).duplicate
+        assert len(await store.claim(2000.0, 10)) == 4
+    finally:
+        other.close()
+        await store.close()
