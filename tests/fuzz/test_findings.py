@@ -39,8 +39,10 @@ def test_xmpp_stanza_whose_address_cannot_be_a_cpim_uri_is_refused_as_bad_reques
     )
     with pytest.raises(ParseError) as caught:
         XMPP.to_canonical(stanza, origin=Origin(adapter="xmpp"), received_at=0.0)
-    assert caught.value.code == "STANZA_UNMAPPABLE"
+    # named by the address map since it reads JIDs through canonical.address (jid-malformed)
+    assert caught.value.code == "JID_MALFORMED"
     assert caught.value.reason is Reason.BAD_REQUEST
+    assert "sip.e|xample.com" in str(caught.value)
 
 
 HTTP = CpimHttpAdapter("cpim", CpimHttpAdapter.sample().config, AdapterContext()).mapper
