@@ -185,12 +185,20 @@ def kamailio(workdir: Path, *, port: int, **options: Any) -> Service:
 # ------------------------------------------------------------------------------ cpimgw
 
 
-def gateway(workdir: Path, config: Path, *, metrics_port: int, name: str = "cpimgw") -> Service:
-    """``cpimgw run -c CONFIG`` with this Python (not started yet); ready on /readyz."""
+def gateway(
+    workdir: Path,
+    config: Path,
+    *,
+    metrics_port: int,
+    name: str = "cpimgw",
+    ready_timeout: float = 30.0,
+) -> Service:
+    """``cpimgw run -c CONFIG`` with this Python (not started yet); ready on /readyz within
+    ``ready_timeout`` seconds."""
     return Service(
         name,
         [sys.executable, "-m", "gateway", "run", "-c", str(config)],
         workdir=workdir,
         ready=lambda _p: http_status(metrics_port, "/readyz") == 200,
-        ready_timeout=30.0,
+        ready_timeout=ready_timeout,
     )
