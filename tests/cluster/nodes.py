@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -21,6 +20,7 @@ from pathlib import Path
 from adapters.sip.codec import Request
 from adapters.sip.endpoint import Endpoint, Incoming
 from adapters.sip.transport import Peer
+from gateway.demo.servers import gateway
 from tests.servers.process import ServerProcess, free_port
 
 GATEWAY_ID = "gw-cluster"
@@ -31,20 +31,53 @@ def metrics_text(port: int) -> str:
         return str(response.read().decode())
 
 
-def is_ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample in a Prometheus text exposition (0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if want else "") + r" (\S+)"
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0
+
+
+def sip_side(*, sip_port: int, kamailio_port: int, metrics_port: int, xmpp_adapter: str) -> str:
+    """The end of every cluster node's config, from ``[adapters.sip]`` on: the SIP adapter
+    behind Kamailio on ``sip_port``, the routes (``xmpp.test`` to ``xmpp_adapter`` with
+    ``xmpp:`` addresses, ``sip.test`` to SIP), no rate limit, presence at most every 100 ms,
+    metrics on ``metrics_port`` and warnings as JSON."""
+    return f"""[adapters.sip]
+kind = "sip"
+listen = [
+  {{ transport = "udp", port = {sip_port} }},
+  {{ transport = "tcp", port = {sip_port} }},
+]
+proxy = "sip:127.0.0.1:{kamailio_port};transport=udp"
+domains = ["xmpp.test"]
+t1 = 0.2
+t2 = 1.0
+t4 = 1.0
+
+[[routes]]
+match = "xmpp.test"
+adapter = "{xmpp_adapter}"
+scheme = "xmpp"
+
+[[routes]]
+match = "sip.test"
+adapter = "sip"
+
+[security]
+rate = 0
+
+[presence]
+min_interval = "100ms"
+
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
+
+[logging]
+level = "warning"
+format = "json"
+"""
 
 
 @dataclass
@@ -110,51 +143,19 @@ reconnect_initial = 0.2
 reconnect_max = 1.0
 send_timeout = 2.5
 
-[adapters.sip]
-kind = "sip"
-listen = [
-  {{ transport = "udp", port = {self.sip_port} }},
-  {{ transport = "tcp", port = {self.sip_port} }},
-]
-proxy = "sip:127.0.0.1:{s.kamailio_port};transport=udp"
-domains = ["xmpp.test"]
-t1 = 0.2
-t2 = 1.0
-t4 = 1.0
-
-[[routes]]
-match = "xmpp.test"
-adapter = "xmpp"
-scheme = "xmpp"
-
-[[routes]]
-match = "sip.test"
-adapter = "sip"
-
-[security]
-rate = 0
-
-[presence]
-min_interval = "100ms"
-
-[metrics]
-listen = "127.0.0.1:{self.metrics_port}"
-
-[logging]
-level = "warning"
-format = "json"
-"""
+""" + sip_side(
+            sip_port=self.sip_port,
+            kamailio_port=s.kamailio_port,
+            metrics_port=self.metrics_port,
+            xmpp_adapter="xmpp",
+        )
 
     def start(self) -> Node:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / f"{self.name}.toml"
         path.write_text(self.config())
-        self.process = ServerProcess(
-            self.name,
-            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
-            workdir=self.workdir,
-            ready=lambda _p: is_ready(self.metrics_port),
-            ready_timeout=30.0,
+        self.process = gateway(
+            self.workdir, path, metrics_port=self.metrics_port, name=self.name
         ).start()
         return self
 

@@ -15,7 +15,6 @@ import asyncio
 import base64
 import contextlib
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,8 +26,9 @@ import pytest
 from redis.asyncio import Redis
 
 from canonical.envelope import Envelope, Operation, Origin, identity_of, to_record
+from gateway.demo.servers import gateway
 from tests.cluster.kamailio import dispatching_kamailio, node_uri
-from tests.cluster.nodes import SipSender, is_ready, metric, metrics_text
+from tests.cluster.nodes import SipSender, metric, metrics_text, sip_side
 from tests.servers.process import ServerProcess, free_port
 from tests.servers.redis import RedisServer
 
@@ -84,50 +84,18 @@ kind = "testnet"
 listen = "127.0.0.1:{self.inbound_port}"
 connect = "127.0.0.1:{self.sink_port}"
 
-[adapters.sip]
-kind = "sip"
-listen = [
-  {{ transport = "udp", port = {self.sip_port} }},
-  {{ transport = "tcp", port = {self.sip_port} }},
-]
-proxy = "sip:127.0.0.1:{self.kamailio_port};transport=udp"
-domains = ["xmpp.test"]
-t1 = 0.2
-t2 = 1.0
-t4 = 1.0
-
-[[routes]]
-match = "xmpp.test"
-adapter = "tn"
-scheme = "xmpp"
-
-[[routes]]
-match = "sip.test"
-adapter = "sip"
-
-[security]
-rate = 0
-
-[presence]
-min_interval = "100ms"
-
-[metrics]
-listen = "127.0.0.1:{self.metrics_port}"
-
-[logging]
-level = "warning"
-format = "json"
-"""
+""" + sip_side(
+            sip_port=self.sip_port,
+            kamailio_port=self.kamailio_port,
+            metrics_port=self.metrics_port,
+            xmpp_adapter="tn",
+        )
 
     def start(self) -> Node:
         path = self.workdir / f"{self.name}.toml"
         path.write_text(self.config())
-        self.process = ServerProcess(
-            self.name,
-            [sys.executable, "-m", "gateway", "run", "-c", str(path)],
-            workdir=self.workdir,
-            ready=lambda _p: is_ready(self.metrics_port),
-            ready_timeout=60.0,
+        self.process = gateway(
+            self.workdir, path, metrics_port=self.metrics_port, name=self.name, ready_timeout=60.0
         ).start()
         return self
 
