@@ -9,6 +9,7 @@ SIP port and metrics port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import urllib.request
@@ -17,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.contract import Receipt
+from adapters.sip.adapter import SipAdapter, SipConfig
 from adapters.sip.codec import Request
 from adapters.sip.endpoint import Endpoint, Incoming
 from adapters.sip.transport import Peer
+from canonical.envelope import Envelope
 from gateway.demo.servers import gateway
 from tests.servers.process import ServerProcess, free_port
 
@@ -173,6 +177,50 @@ send_timeout = 2.5
 
     def log(self) -> str:
         return self.process.log(6000) if self.process is not None else ""
+
+
+@dataclass
+class AdapterNode:
+    """One gateway node's SIP adapter run in the test's own process (not a ``cpimgw run``),
+    listening on ``port`` behind the dispatching Kamailio; the node is the adapter's
+    ``deliver`` and records what it is given."""
+
+    port: int
+    received: list[Envelope] = field(default_factory=list)
+    adapter: SipAdapter | None = None
+    task: asyncio.Task[None] | None = None
+
+    async def __call__(self, envelope: Envelope) -> Receipt:
+        self.received.append(envelope)
+        return Receipt(envelope.identity)
+
+    def sip_config(self, proxy_port: int, **extra: object) -> SipConfig:
+        """UDP and TCP on ``port``, every request out through the proxy on
+        ``proxy_port``, ``xmpp.test`` the gateway's domain; ``extra`` settings after."""
+        return SipConfig.model_validate(
+            {
+                "listen": [
+                    {"transport": "udp", "port": self.port},
+                    {"transport": "tcp", "port": self.port},
+                ],
+                "proxy": f"sip:127.0.0.1:{proxy_port};transport=udp",
+                "domains": ["xmpp.test"],
+                **extra,
+            }
+        )
+
+    def run(self, adapter: SipAdapter) -> None:
+        """Run ``adapter`` delivering to this node, in a task."""
+        self.adapter = adapter
+        self.task = asyncio.create_task(adapter.run(self))
+
+    async def stop(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.stop()
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, 10)
+        self.adapter = self.task = None
 
 
 TAG = re.compile(rb"[xs]2[xs]-\d{5}")

@@ -9,65 +9,37 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from adapters.contract import AdapterContext, Receipt
-from adapters.sip.adapter import SipAdapter, SipConfig
+from adapters.contract import AdapterContext
+from adapters.sip.adapter import SipAdapter
 from adapters.sip.codec import Request
 from adapters.sip.endpoint import Endpoint, Incoming
 from adapters.sip.transport import Peer
-from canonical.envelope import Envelope
 from tests.cluster.kamailio import DispatchingKamailio, dispatching_kamailio, node_uri
+from tests.cluster.nodes import AdapterNode
 from tests.servers.process import free_port
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class Node:
+class Node(AdapterNode):
     """One gateway node's SIP adapter with a recording ``deliver``."""
 
-    port: int
-    received: list[Envelope] = field(default_factory=list)
-    adapter: SipAdapter | None = None
-    task: asyncio.Task[None] | None = None
-
-    async def __call__(self, envelope: Envelope) -> Receipt:
-        self.received.append(envelope)
-        return Receipt(envelope.identity)
-
     async def start(self, proxy_port: int) -> None:
-        config = SipConfig.model_validate(
-            {
-                "listen": [
-                    {"transport": "udp", "port": self.port},
-                    {"transport": "tcp", "port": self.port},
-                ],
-                "proxy": f"sip:127.0.0.1:{proxy_port};transport=udp",
-                "domains": ["xmpp.test"],
-            }
-        )
+        config = self.sip_config(proxy_port)
         context = AdapterContext(
             gateway_id=f"gw-{self.port}", logger=logging.getLogger("cpimgw.test.cluster")
         )
-        self.adapter = SipAdapter(f"sip-{self.port}", config, context)
-        self.task = asyncio.create_task(self.adapter.run(self))
+        adapter = SipAdapter(f"sip-{self.port}", config, context)
+        self.run(adapter)
         for _ in range(1000):
-            if self.adapter.ready():
+            if adapter.ready():
                 return
             await asyncio.sleep(0.01)
         raise TimeoutError(f"the SIP adapter on port {self.port} did not get ready")
-
-    async def stop(self) -> None:
-        if self.adapter is not None:
-            await self.adapter.stop()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, 10)
-        self.adapter = self.task = None
 
 
 @contextlib.asynccontextmanager

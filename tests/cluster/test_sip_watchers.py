@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from adapters.contract import AdapterContext, Receipt
-from adapters.sip.adapter import SipAdapter, SipConfig
+from adapters.contract import AdapterContext
+from adapters.sip.adapter import SipAdapter
 from adapters.sip.codec import Request, Response
 from adapters.sip.endpoint import Endpoint, Incoming
 from adapters.sip.subscription import Dialog
@@ -25,6 +25,7 @@ from adapters.sip.transport import Peer
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload
 from gateway.store.redis import RedisStore
 from tests.cluster.kamailio import DispatchingKamailio, dispatching_kamailio, node_uri
+from tests.cluster.nodes import AdapterNode
 from tests.servers.process import free_port
 from tests.servers.redis import RedisServer
 
@@ -41,40 +42,22 @@ def pidf(note: str) -> bytes:
     ).encode()
 
 
-@dataclass
-class Node:
+@dataclass(kw_only=True)
+class Node(AdapterNode):
     """One gateway node's SIP adapter on the shared store, with a recording ``deliver``."""
 
     name: str
-    port: int
     store: RedisStore
-    received: list[Envelope] = field(default_factory=list)
-    adapter: SipAdapter | None = None
-    task: asyncio.Task[None] | None = None
-
-    async def __call__(self, envelope: Envelope) -> Receipt:
-        self.received.append(envelope)
-        return Receipt(envelope.identity)
 
     async def start(self, proxy_port: int) -> None:
-        config = SipConfig.model_validate(
-            {
-                "listen": [
-                    {"transport": "udp", "port": self.port},
-                    {"transport": "tcp", "port": self.port},
-                ],
-                "proxy": f"sip:127.0.0.1:{proxy_port};transport=udp",
-                "domains": ["xmpp.test"],
-                "t1": 0.1,
-            }
-        )
+        config = self.sip_config(proxy_port, t1=0.1)
         context = AdapterContext(
             gateway_id="gw-cluster", logger=logging.getLogger(f"cpimgw.test.{self.name}")
         )
-        self.adapter = SipAdapter(f"sip-{self.name}", config, context)
-        self.adapter.share(self.store)  # what gateway.cluster.watch does on a shared store
-        self.task = asyncio.create_task(self.adapter.run(self))
-        await asyncio.wait_for(self.adapter.started(), 10)
+        adapter = SipAdapter(f"sip-{self.name}", config, context)
+        adapter.share(self.store)  # what gateway.cluster.watch does on a shared store
+        self.run(adapter)
+        await asyncio.wait_for(adapter.started(), 10)
 
     async def kill(self) -> None:
         """Gone at once, like ``kill -9``: sockets closed, nothing said to anybody."""
@@ -89,14 +72,6 @@ class Node:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-        self.adapter = self.task = None
-
-    async def stop(self) -> None:
-        if self.adapter is not None:
-            await self.adapter.stop()
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, 10)
         self.adapter = self.task = None
 
 
@@ -131,7 +106,7 @@ async def cluster(
     tmp_path: Path, redis_server: RedisServer, namespace: str
 ) -> AsyncIterator[tuple[DispatchingKamailio, list[Node], Watcher]]:
     stores = [RedisStore(redis_server.url, namespace=namespace, node=name) for name in ("a", "b")]
-    nodes = [Node(s.name, free_port("udp"), s) for s in stores]
+    nodes = [Node(free_port("udp"), name=s.name, store=s) for s in stores]
     watcher = Watcher()
     with dispatching_kamailio(
         tmp_path / "kamailio", nodes=[node_uri(n.port) for n in nodes]
