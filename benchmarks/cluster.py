@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload, identity_of, to_record
+from gateway.demo.servers import gateway
 from tests.servers.process import ServerProcess, free_port
 from tests.servers.redis import RedisServer
 
@@ -87,16 +88,6 @@ listen = "127.0.0.1:{metrics}"
 [logging]
 level = "error"
 """
-
-
-def ready(port: int) -> bool:
-    import urllib.request  # noqa: PLC0415
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
 
 
 @dataclass
@@ -181,13 +172,7 @@ async def nodes_running(
                 )
             )
             procs.append(
-                ServerProcess(
-                    f"node{i}",
-                    [sys.executable, "-m", "gateway", "run", "-c", str(path)],
-                    workdir=workdir,
-                    ready=lambda _p, m=metrics: ready(m),
-                    ready_timeout=60,
-                )
+                gateway(workdir, path, metrics_port=metrics, name=f"node{i}", ready_timeout=60)
             )
             ports.append(inbound)
         await asyncio.gather(*(asyncio.to_thread(p.start) for p in procs))

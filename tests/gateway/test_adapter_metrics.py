@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from adapters.cpim.token import digest
+from gateway.demo.servers import gateway
 from gateway.metrics import AdapterCounters, Metrics, metric_name
-from tests.gateway.test_process import Sink, gateway_process, get, sink_server
+from tests.gateway.test_process import Sink, get, sink_server
 from tests.servers.process import free_port
 
 pytest.importorskip("cpimgw_testnet", reason="pip install -e tests/plugins/cpimgw-testnet")
@@ -115,7 +116,7 @@ async def test_adapter_counter_appears_on_metrics_and_increases(tmp_path: Path) 
                 ledger=tmp_path / "api.db",
             )
         )
-        proc = gateway_process(tmp_path, config, metrics)
+        proc = gateway(tmp_path, config, metrics_port=metrics)
         proc.start()
         try:
             status, before = await asyncio.to_thread(get, metrics, "/metrics")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from canonical.envelope import CPIM, Envelope, Operation, Origin, Payload, identity_of, to_record
+from gateway.demo.servers import gateway
 from gateway.store import EntryState
 from gateway.store.sqlite import SqliteStore
 from tests.gateway.samples import cpim_body
@@ -81,13 +82,6 @@ def get(port: int, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def ready(port: int) -> bool:
-    try:
-        return get(port, "/readyz")[0] == 200
-    except OSError:
-        return False
-
-
 @dataclass
 class Sink:
     """The receiving network: acks every envelope, counts what arrives and when."""
@@ -133,14 +127,34 @@ async def sink_server() -> AsyncIterator[Sink]:
         server.close()
 
 
-def gateway_process(workdir: Path, config: Path, metrics: int) -> ServerProcess:
-    return ServerProcess(
-        "cpimgw",
-        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-        workdir=workdir,
-        ready=lambda _: ready(metrics),
-        ready_timeout=30.0,
-    )
+@dataclass
+class Running:
+    """A ready ``cpimgw run`` on :func:`config_text`: clients send to ``inbound``, it
+    delivers to ``sink``; ``config`` is its file, holding ``text``."""
+
+    proc: ServerProcess
+    sink: Sink
+    inbound: int
+    metrics: int
+    config: Path
+    text: str
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(workdir: Path) -> AsyncIterator[Running]:
+    """``cpimgw run`` with :func:`config_text` in ``workdir`` (``gw.toml``, store ``q.db``)
+    and its sink, started and ready; stopped at the end whatever happened."""
+    inbound, metrics = free_port(), free_port()
+    async with sink_server() as sink:
+        config = workdir / "gw.toml"
+        text = config_text(store=workdir / "q.db", inbound=inbound, sink=sink.port, metrics=metrics)
+        config.write_text(text)
+        proc = gateway(workdir, config, metrics_port=metrics)
+        await asyncio.to_thread(proc.start)
+        try:
+            yield Running(proc, sink, inbound, metrics, config, text)
+        finally:
+            await asyncio.to_thread(proc.stop)
 
 
 def envelope(i: int) -> Envelope:
@@ -196,56 +210,44 @@ class Client:
 async def test_run_serves_health_metrics_reloads_on_sighup_and_drains_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    inbound, metrics = free_port(), free_port()
-    async with sink_server() as sink:
-        config = tmp_path / "gw.toml"
-        text = config_text(
-            store=tmp_path / "q.db", inbound=inbound, sink=sink.port, metrics=metrics
-        )
-        config.write_text(text)
-        proc = gateway_process(tmp_path, config, metrics)
-        await asyncio.to_thread(proc.start)
-        try:
-            assert await asyncio.to_thread(get, metrics, "/healthz") == (200, "ok\n")
-            status, body = await asyncio.to_thread(get, metrics, "/readyz")
-            assert status == 200
-            assert json.loads(body)["components"]["store"] is True
-            client = Client(inbound)
-            await client.stream(list(range(10)), window=5)
-            assert len(client.acked) == 10
-            for _ in range(500):
-                if len(set(sink.received)) == 10:
-                    break
-                await asyncio.sleep(0.01)
-            status, text_metrics = await asyncio.to_thread(get, metrics, "/metrics")
-            assert 'cpimgw_messages_in_total{adapter="in",operation="message"} 10.0' in text_metrics
-            assert (
-                'cpimgw_messages_out_total{adapter="out",operation="message"} 10.0' in text_metrics
-            )
-            assert "cpimgw_delivery_latency_seconds_bucket" in text_metrics
-            # an unknown domain is refused, then routed after SIGHUP, on the same connection
-            env = envelope(99).replace(recipient="im:x@new.test")
-            reader, writer = await asyncio.open_connection("127.0.0.1", inbound)
-            writer.write(frame({"seq": 1, "envelope": to_record(env)}))
-            refused = await read_frame(reader)
-            assert refused is not None
-            assert refused["reason"] == "unknown-destination"
-            config.write_text(text + '\n[[routes]]\nmatch = "new.test"\nadapter = "out"\n')
-            proc.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-            for attempt in range(100):
-                writer.write(frame({"seq": 2 + attempt, "envelope": to_record(env)}))
-                answer = await read_frame(reader)
-                if answer is not None and answer["ok"]:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail(f"SIGHUP did not add the route:\n{proc.log()}")
-            writer.close()
-            proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            code = await asyncio.to_thread(proc.proc.wait, 15)  # type: ignore[union-attr]
-            assert code == 0, proc.log()
-        finally:
-            await asyncio.to_thread(proc.stop)
+    async with running_gateway(tmp_path) as gw:
+        proc, sink, inbound, metrics = gw.proc, gw.sink, gw.inbound, gw.metrics
+        assert await asyncio.to_thread(get, metrics, "/healthz") == (200, "ok\n")
+        status, body = await asyncio.to_thread(get, metrics, "/readyz")
+        assert status == 200
+        assert json.loads(body)["components"]["store"] is True
+        client = Client(inbound)
+        await client.stream(list(range(10)), window=5)
+        assert len(client.acked) == 10
+        for _ in range(500):
+            if len(set(sink.received)) == 10:
+                break
+            await asyncio.sleep(0.01)
+        status, text_metrics = await asyncio.to_thread(get, metrics, "/metrics")
+        assert 'cpimgw_messages_in_total{adapter="in",operation="message"} 10.0' in text_metrics
+        assert 'cpimgw_messages_out_total{adapter="out",operation="message"} 10.0' in text_metrics
+        assert "cpimgw_delivery_latency_seconds_bucket" in text_metrics
+        # an unknown domain is refused, then routed after SIGHUP, on the same connection
+        env = envelope(99).replace(recipient="im:x@new.test")
+        reader, writer = await asyncio.open_connection("127.0.0.1", inbound)
+        writer.write(frame({"seq": 1, "envelope": to_record(env)}))
+        refused = await read_frame(reader)
+        assert refused is not None
+        assert refused["reason"] == "unknown-destination"
+        gw.config.write_text(gw.text + '\n[[routes]]\nmatch = "new.test"\nadapter = "out"\n')
+        proc.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        for attempt in range(100):
+            writer.write(frame({"seq": 2 + attempt, "envelope": to_record(env)}))
+            answer = await read_frame(reader)
+            if answer is not None and answer["ok"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail(f"SIGHUP did not add the route:\n{proc.log()}")
+        writer.close()
+        proc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        code = await asyncio.to_thread(proc.proc.wait, 15)  # type: ignore[union-attr]
+        assert code == 0, proc.log()
 
 
 @pytest.mark.slow
@@ -253,60 +255,49 @@ async def test_kill_9_mid_stream_loses_no_acknowledged_message(
     tmp_path: Path, record_property: pytest.RecordProperty
 ) -> None:
     total, kill_at = 1000, 400
-    inbound, metrics = free_port(), free_port()
-    async with sink_server() as sink:
-        config = tmp_path / "gw.toml"
-        config.write_text(
-            config_text(store=tmp_path / "q.db", inbound=inbound, sink=sink.port, metrics=metrics)
-        )
-        client = Client(inbound)
-        proc = gateway_process(tmp_path, config, metrics)
+    async with running_gateway(tmp_path) as gw:
+        proc, sink = gw.proc, gw.sink
+        client = Client(gw.inbound)
+        await client.stream(list(range(total)), window=50, stop_after=kill_at)
+        proc.kill()  # SIGKILL to the whole process group, mid-stream
+        acked_before_kill = set(client.acked)
+        await sink.drained()
+        sink.current = 2
+        # what the store still held as undelivered at the kill: the messages in flight
+        held = SqliteStore(tmp_path / "q.db", serve=False)
+        await held.open()
+        in_flight = {e.envelope.identity for e in await held.entries(EntryState.PENDING, 10_000)}
+        await held.close()
         await asyncio.to_thread(proc.start)
-        try:
-            await client.stream(list(range(total)), window=50, stop_after=kill_at)
-            proc.kill()  # SIGKILL to the whole process group, mid-stream
-            acked_before_kill = set(client.acked)
-            await sink.drained()
-            sink.current = 2
-            # what the store still held as undelivered at the kill: the messages in flight
-            held = SqliteStore(tmp_path / "q.db", serve=False)
-            await held.open()
-            in_flight = {
-                e.envelope.identity for e in await held.entries(EntryState.PENDING, 10_000)
-            }
-            await held.close()
-            await asyncio.to_thread(proc.start)
-            unacked = [i for i in range(total) if envelope(i).identity not in client.acked]
-            await client.stream(unacked, window=50)
-            wanted = {envelope(i).identity for i in range(total)}
-            deadline = time.monotonic() + 60
-            while not wanted <= set(sink.received) and time.monotonic() < deadline:
-                sink.arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sink.arrived.wait(), 1.0)
-        finally:
-            await asyncio.to_thread(proc.stop)
-        counts = Counter(sink.received)
-        duplicates = {i: n for i, n in counts.items() if n > 1}
-        record_property("acked_before_kill", len(acked_before_kill))
-        record_property("received", len(sink.received))
-        record_property("duplicates", len(duplicates))
-        record_property("in_flight_at_kill", len(in_flight))
-        print(
-            f"kill -9 after {len(acked_before_kill)} acks: {len(in_flight)} stored but not yet"
-            f" recorded as delivered; {len(set(sink.received))} unique of {total} at the"
-            f" receiver, {len(duplicates)} duplicated"
-        )
-        assert client.refused == {}
-        assert client.acked == wanted, "every message was acknowledged in the end"
-        missing = wanted - set(sink.received)
-        assert not missing, f"{len(missing)} acknowledged messages lost:\n{proc.log()}"
-        # a duplicate is a message the receiver had before the kill and the gateway sent
-        # again because its delivery was not yet recorded on disk: in flight at the kill.
-        # Everything the store had recorded as delivered arrived exactly once.
-        assert all(sink.phase[i] == 1 for i in duplicates)
-        assert set(duplicates) <= in_flight, "only messages in flight at the kill repeat"
-        assert all(n == 2 for n in duplicates.values())
+        unacked = [i for i in range(total) if envelope(i).identity not in client.acked]
+        await client.stream(unacked, window=50)
+        wanted = {envelope(i).identity for i in range(total)}
+        deadline = time.monotonic() + 60
+        while not wanted <= set(sink.received) and time.monotonic() < deadline:
+            sink.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sink.arrived.wait(), 1.0)
+    counts = Counter(sink.received)
+    duplicates = {i: n for i, n in counts.items() if n > 1}
+    record_property("acked_before_kill", len(acked_before_kill))
+    record_property("received", len(sink.received))
+    record_property("duplicates", len(duplicates))
+    record_property("in_flight_at_kill", len(in_flight))
+    print(
+        f"kill -9 after {len(acked_before_kill)} acks: {len(in_flight)} stored but not yet"
+        f" recorded as delivered; {len(set(sink.received))} unique of {total} at the"
+        f" receiver, {len(duplicates)} duplicated"
+    )
+    assert client.refused == {}
+    assert client.acked == wanted, "every message was acknowledged in the end"
+    missing = wanted - set(sink.received)
+    assert not missing, f"{len(missing)} acknowledged messages lost:\n{proc.log()}"
+    # a duplicate is a message the receiver had before the kill and the gateway sent
+    # again because its delivery was not yet recorded on disk: in flight at the kill.
+    # Everything the store had recorded as delivered arrived exactly once.
+    assert all(sink.phase[i] == 1 for i in duplicates)
+    assert set(duplicates) <= in_flight, "only messages in flight at the kill repeat"
+    assert all(n == 2 for n in duplicates.values())
 
 
 def test_run_refuses_a_busy_metrics_port_with_the_key_to_change(tmp_path: Path) -> None:
