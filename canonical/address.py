@@ -748,22 +748,7 @@ def gateway_jid(text: str) -> str:
             0,
             "write xmpp:local@domain[/resource]",
         )
-    if text.startswith("//", 5):
-        raise _fail(
-            "ADDRESS_UNSUPPORTED",
-            "xmpp: URI with an authority component (the account to act as)",
-            text,
-            5,
-            "give only the target: xmpp:node@host/resource",
-        )
-    if "#" in text:
-        raise _fail(
-            "ADDRESS_UNSUPPORTED",
-            "xmpp: URI with a fragment",
-            text,
-            text.index("#"),
-            "percent-encode '#' in a JID as %23",
-        )
+    _check_xmpp_target(text, 5, fragment_hint="percent-encode '#' in a JID as %23")
     query = text.find("?")
     end = query if query >= 0 else len(text)
     if "%" not in text[5:end]:
@@ -1023,8 +1008,11 @@ def _parse_im(text: str, scheme: str, start: int) -> Address:
     return Address(scheme, user, host, headers=headers)  # type: ignore[arg-type]
 
 
-def _parse_xmpp(text: str, start: int) -> Address:
-    """RFC 5122 §2.2: ``xmpp:[node@]host[/resource][?querytype[;key=value]*]``."""
+def _check_xmpp_target(text: str, start: int, *, fragment_hint: str) -> None:
+    """RFC 5122 §2.2: an ``xmpp:`` URI (scheme ending before ``start``) names only its
+    target: an authority (``xmpp://account@host/...``, the account to act as) or a fragment
+    is refused with ParseError ``ADDRESS_UNSUPPORTED``; ``fragment_hint`` is the fix the
+    fragment's error gives."""
     if text.startswith("//", start):
         raise _fail(
             "ADDRESS_UNSUPPORTED",
@@ -1035,12 +1023,15 @@ def _parse_xmpp(text: str, start: int) -> Address:
         )
     if "#" in text:
         raise _fail(
-            "ADDRESS_UNSUPPORTED",
-            "xmpp: URI with a fragment",
-            text,
-            text.index("#"),
-            "remove the '#fragment' (or percent-encode '#' as %23)",
+            "ADDRESS_UNSUPPORTED", "xmpp: URI with a fragment", text, text.index("#"), fragment_hint
         )
+
+
+def _parse_xmpp(text: str, start: int) -> Address:
+    """RFC 5122 §2.2: ``xmpp:[node@]host[/resource][?querytype[;key=value]*]``."""
+    _check_xmpp_target(
+        text, start, fragment_hint="remove the '#fragment' (or percent-encode '#' as %23)"
+    )
     q = text.find("?", start)
     end = q if q >= 0 else len(text)
     slash = text.find("/", start, end)
