@@ -59,6 +59,29 @@ class Capability(StrEnum):
     ERRORS = "errors"  # failures reported back in the adapter's own protocol
 
 
+#: Every capability above, listed one by one (a capability added later is not claimed by
+#: accident): what a full-fidelity adapter carries, declared as its ``capabilities`` by the
+#: XMPP, SIP and native CPIM adapters, which map all of them.
+FULL_FIDELITY: frozenset[Capability] = frozenset(
+    {
+        Capability.MESSAGE,
+        Capability.PRESENCE,
+        Capability.SUBSCRIPTIONS,
+        Capability.RECEIPTS,
+        Capability.DISPLAYED,
+        Capability.CHAT_STATES,
+        Capability.SUBJECT,
+        Capability.SUBJECT_LANGUAGES,
+        Capability.NON_ASCII,
+        Capability.CPIM_BODY,
+        Capability.SIGNED_BODY,
+        Capability.ENCRYPTED_BODY,
+        Capability.BINARY_BODY,
+        Capability.ERRORS,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Mapped(Generic[T]):
     """A mapping result: the value plus every loss recorded on the way (never silent)."""
