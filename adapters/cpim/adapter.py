@@ -30,6 +30,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from adapters.contract import (
+    FULL_FIDELITY,
     Adapter,
     AdapterConfig,
     AdapterContext,
@@ -190,24 +191,7 @@ class CpimHttpAdapter(Adapter):
     """cpimgw's native CPIM side: RFC 3860/3859 operations over HTTP(S)."""
 
     kind: ClassVar[str] = "cpim"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.MESSAGE,
-            Capability.PRESENCE,
-            Capability.SUBSCRIPTIONS,
-            Capability.RECEIPTS,
-            Capability.DISPLAYED,
-            Capability.CHAT_STATES,
-            Capability.SUBJECT,
-            Capability.SUBJECT_LANGUAGES,
-            Capability.NON_ASCII,
-            Capability.CPIM_BODY,
-            Capability.SIGNED_BODY,
-            Capability.ENCRYPTED_BODY,
-            Capability.BINARY_BODY,
-            Capability.ERRORS,
-        }
-    )
+    capabilities: ClassVar[frozenset[Capability]] = FULL_FIDELITY
     config_model: ClassVar[type[AdapterConfig]] = CpimHttpConfig
 
     def __init__(self, name: str, config: AdapterConfig, context: AdapterContext) -> None:

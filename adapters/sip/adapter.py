@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from adapters.contract import (
+    FULL_FIDELITY,
     Adapter,
     AdapterConfig,
     AdapterContext,
@@ -203,24 +204,7 @@ class SipAdapter(Adapter):
     """cpimgw's SIP side: a SIP node behind an outbound proxy, fronting ``domains``."""
 
     kind: ClassVar[str] = "sip"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.MESSAGE,
-            Capability.PRESENCE,
-            Capability.SUBSCRIPTIONS,
-            Capability.RECEIPTS,
-            Capability.DISPLAYED,
-            Capability.CHAT_STATES,
-            Capability.SUBJECT,
-            Capability.SUBJECT_LANGUAGES,
-            Capability.NON_ASCII,
-            Capability.CPIM_BODY,
-            Capability.SIGNED_BODY,
-            Capability.ENCRYPTED_BODY,
-            Capability.BINARY_BODY,
-            Capability.ERRORS,
-        }
-    )
+    capabilities: ClassVar[frozenset[Capability]] = FULL_FIDELITY
     config_model: ClassVar[type[AdapterConfig]] = SipConfig
 
     def __init__(self, name: str, config: AdapterConfig, context: AdapterContext) -> None:

@@ -38,6 +38,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from adapters.contract import (
+    FULL_FIDELITY,
     Adapter,
     AdapterConfig,
     AdapterContext,
@@ -228,24 +229,7 @@ class XmppAdapter(Adapter):
     """cpimgw's XMPP side: an external component serving one domain (XEP-0114)."""
 
     kind: ClassVar[str] = "xmpp"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.MESSAGE,
-            Capability.PRESENCE,
-            Capability.SUBSCRIPTIONS,
-            Capability.RECEIPTS,
-            Capability.DISPLAYED,
-            Capability.CHAT_STATES,
-            Capability.SUBJECT,
-            Capability.SUBJECT_LANGUAGES,
-            Capability.NON_ASCII,
-            Capability.CPIM_BODY,
-            Capability.SIGNED_BODY,
-            Capability.ENCRYPTED_BODY,
-            Capability.BINARY_BODY,
-            Capability.ERRORS,
-        }
-    )
+    capabilities: ClassVar[frozenset[Capability]] = FULL_FIDELITY
     config_model: ClassVar[type[AdapterConfig]] = XmppConfig
 
     def __init__(self, name: str, config: AdapterConfig, context: AdapterContext) -> None:
