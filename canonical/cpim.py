@@ -32,7 +32,7 @@ import re
 from calendar import timegm
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, overload
 
 from canonical.errors import Defect, ParseError, Reason
 from canonical.policy import DEFAULT, Policy, Profile, resolve
@@ -55,6 +55,8 @@ __all__ = [
     "build",
     "decode_escapes",
     "describe",
+    "encode_entity_headers",
+    "encode_parties",
     "encode_string",
     "encode_value",
     "format_datetime",
@@ -2764,6 +2766,100 @@ def build(
 
 
 _BUILD_POLICY: Final = Policy(strict=True, max_message_size=2**62, max_line_length=2**62)
+
+#: How many (sender, recipients) keys :func:`encode_parties` remembers; the memory is
+#: emptied whole when it is full, so a flood of new pairs cannot grow it.
+PARTIES_REMEMBERED: Final = 4096
+_PARTY_LINES: dict[tuple[Party | str, tuple[Party | str, ...]], bytes] = {}
+
+
+@overload
+def encode_parties(
+    sender: Party | str, to: Sequence[Party | str], *, refused: Literal["raise"] = "raise"
+) -> bytes: ...
+@overload
+def encode_parties(
+    sender: Party | str, to: Sequence[Party | str], *, refused: Literal["none"]
+) -> bytes | None: ...
+def encode_parties(
+    sender: Party | str,
+    to: Sequence[Party | str],
+    *,
+    refused: Literal["raise", "none"] = "raise",
+) -> bytes | None:
+    """The ``From`` and ``To`` lines (RFC 3862 §4.1, §4.2) exactly as :func:`build` writes
+    them first for ``sender=sender, to=to``: checked by :func:`build` itself the first
+    time (so only strictly valid parties pass), then remembered for the next messages
+    between the same parties (at most :data:`PARTIES_REMEMBERED` keys).
+
+    A ``str`` party is a URI, as in :func:`build`. A party :func:`build` refuses (not an
+    absolute URI, §4.1) raises its ValueError, or gives None with ``refused="none"``.
+    Mappers that write the rest of an object directly start from these bytes.
+    """
+    key = (sender, tuple(to))
+    lines = _PARTY_LINES.get(key)
+    if lines is None:
+        try:
+            built = build(sender=sender, to=key[1], content_type="text/plain", body=b"")
+        except ValueError:
+            if refused == "none":
+                return None
+            raise
+        lines = b"".join(header.raw for header in built.headers)
+        if len(_PARTY_LINES) >= PARTIES_REMEMBERED:
+            _PARTY_LINES.clear()
+        _PARTY_LINES[key] = lines
+    return lines
+
+
+#: ``Content-Type`` lines :func:`encode_entity_headers` has checked (a gateway sees few
+#: content types; emptied whole at :data:`PARTIES_REMEMBERED` entries).
+_CONTENT_TYPE_LINES: dict[str, bytes] = {}
+#: Entity header names known to be MIME names, spared the pattern on the hot path.
+_COMMON_ENTITY_NAMES: Final = frozenset(
+    {
+        "Content-Language",
+        "Content-Disposition",
+        "Content-ID",
+        "Content-Id",
+        "Content-Description",
+        "Content-Transfer-Encoding",
+    }
+)
+
+
+def encode_entity_headers(content_type: str, headers: Sequence[tuple[str, str]]) -> bytes | None:
+    """The encapsulated MIME entity's header block (RFC 3862 §2, §3.1: ``Content-Type``
+    first, then ``headers`` as ``Name: value``, then the blank line before the body) with
+    the bytes :func:`build` writes for the same ``content_type`` and ``entity_headers``.
+
+    None for anything :func:`build` must judge itself: a content type that is empty or
+    padded, a content type or value holding a control character, a name that is not a
+    MIME header name, or text that is not UTF-8 (surrogates). A direct writer then falls
+    back to :func:`build`, whose answer (bytes or ValueError) is the authority.
+    """
+    first = _CONTENT_TYPE_LINES.get(content_type)
+    if first is None:
+        if not content_type.isprintable() or content_type != content_type.strip():
+            return None
+        if not content_type:
+            return None
+        first = f"Content-Type: {content_type}\r\n".encode()
+        if len(_CONTENT_TYPE_LINES) >= PARTIES_REMEMBERED:
+            _CONTENT_TYPE_LINES.clear()
+        _CONTENT_TYPE_LINES[content_type] = first
+    if not headers:
+        return first + b"\r\n"
+    block = [f"Content-Type: {content_type}\r\n"]
+    for name, value in headers:
+        if not value.isprintable() or (
+            name not in _COMMON_ENTITY_NAMES and not _MIME_NAME.fullmatch(name)
+        ):
+            return None
+        block.append(f"{name}: {value}\r\n")
+    block.append("\r\n")
+    # a printable value holds no surrogate and a MIME name is ASCII: this encodes
+    return "".join(block).encode()
 
 
 # --------------------------------------------------------------------------------------

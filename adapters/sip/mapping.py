@@ -160,27 +160,9 @@ def sip_address(address: str) -> str:
         ) from exc
 
 
-_PARTIES: dict[tuple[str, str], bytes] = {}
 _NS_SIP = f"NS: sip <{SIP_NS}>\r\n".encode()
 _SIP_NS_BYTES = SIP_NS.encode()
 _PLAIN_EXTENSION = re.compile(r"sip\.[A-Za-z0-9-]{1,64}")
-
-
-def _parties(sender: str, recipient: str) -> bytes | None:
-    """The From and To lines :func:`cpim.build` writes for two addresses (checked by it
-    once per pair, then remembered; at most 4,096 pairs); None when it refuses them."""
-    key = (sender, recipient)
-    lines = _PARTIES.get(key)
-    if lines is None:
-        try:
-            built = cpim.build(sender=sender, to=[recipient], content_type="text/plain", body=b"")
-        except ValueError:
-            return None
-        lines = b"".join(header.raw for header in built.headers)
-        if len(_PARTIES) >= 4096:
-            _PARTIES.clear()
-        _PARTIES[key] = lines
-    return lines
 
 
 def write_cpim(
@@ -194,12 +176,15 @@ def write_cpim(
 ) -> bytes | None:
     """The bytes ``cpim.build`` writes for a MESSAGE without subjects or display names
     (From, To, ``NS: sip``, the ``sip.*`` extension headers with values escaped by
-    :func:`cpim.encode_value`, RFC 3862 §2.3, then the entity), written directly: build's
+    :func:`cpim.encode_value`, RFC 3862 §2.3, then the entity; the From/To lines and the
+    entity's headers come from :func:`cpim.encode_parties` and
+    :func:`cpim.encode_entity_headers`), written directly: build's
     strict reading of its own output is most of its cost, and every line here is of a
     shape it accepts. None for anything else (the caller then uses ``cpim.build``); a
     property test pins the two to the same bytes."""
-    parties = _parties(sender, recipient)
-    if parties is None or not content_type.isprintable() or not content_type.strip():
+    parties = cpim.encode_parties(sender, (recipient,), refused="none")
+    entity = cpim.encode_entity_headers(content_type, entity_headers)
+    if parties is None or entity is None:
         return None
     encode_value = cpim.encode_value
     lines = [parties, _NS_SIP]
@@ -208,16 +193,9 @@ def write_cpim(
             if not value or not _PLAIN_EXTENSION.fullmatch(name):
                 return None
             lines.append(f"{name}: {encode_value(value)}\r\n".encode())
-        entity = [f"\r\nContent-Type: {content_type}\r\n"]
-        for name, value in entity_headers:
-            if not value.isprintable():
-                return None  # controls in a MIME value: let cpim.build judge it
-            entity.append(f"{name}: {value}\r\n")
-        entity.append("\r\n")
-        lines.append("".join(entity).encode())
     except UnicodeEncodeError:
         return None  # bytes that were not UTF-8 (kept as surrogates): build refuses them
-    lines.append(body)
+    lines += (b"\r\n", entity, body)
     return b"".join(lines)
 
 

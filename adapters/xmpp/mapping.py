@@ -126,27 +126,6 @@ _NS_IMDN = b"NS: imdn <" + IMDN_HEADERS_NS.encode() + b">\r\n"
 #: At most this many extension headers take the direct writer (cpim.build's strict reading
 #: limits a block to Policy.max_headers lines; longer ones go through it).
 _DIRECT_HEADERS = 100
-_PARTIES: dict[tuple[str, str], bytes] = {}
-_PARTIES_MAX = 4096
-
-
-def _parties(sender: str, recipient: str) -> bytes:
-    """``From``/``To`` lines for two CPIM URIs, checked once by :func:`cpim.build` (so a
-    URI RFC 3862 §4.1 refuses raises ValueError as there) and remembered (bounded)."""
-    key = (sender, recipient)
-    lines = _PARTIES.get(key)
-    if lines is None:
-        built = cpim.build(
-            sender=cpim.Party(None, sender),
-            to=[cpim.Party(None, recipient)],
-            content_type="text/plain",
-            body=b"",
-        )
-        lines = b"".join(header.raw for header in built.headers)
-        if len(_PARTIES) >= _PARTIES_MAX:
-            _PARTIES.clear()
-        _PARTIES[key] = lines
-    return lines
 
 
 def _write_cpim(
@@ -161,25 +140,23 @@ def _write_cpim(
 ) -> bytes | None:
     """The bytes :func:`cpim.build` writes for a native message without subjects (From, To,
     ``NS: xmpp``, ``NS: imdn`` when notifications are asked, the extension headers with
-    values escaped by :func:`cpim.encode_value` (RFC 3862 §2.3), the entity), written
+    values escaped by :func:`cpim.encode_value` (RFC 3862 §2.3), the entity; the From/To
+    lines and the entity's headers from :func:`cpim.encode_parties` and
+    :func:`cpim.encode_entity_headers`, whose ValueError for a refused URI it lets through), written
     directly: build's strict reading of its own output is most of its cost, and every line
     here is of a shape it accepts. None when the message is not of that shape (the caller
     then uses :func:`cpim.build`); a property test pins the two to the same bytes."""
     if len(extensions) > _DIRECT_HEADERS:
         return None
-    out = [_parties(sender, recipient), _NS_XMPP]
+    entity = cpim.encode_entity_headers(content_type, entity_headers)
+    if entity is None:
+        return None
+    out = [cpim.encode_parties(sender, (recipient,)), _NS_XMPP]
     if disposition:
         out.append(_NS_IMDN)
     encode_value = cpim.encode_value
     out.extend(f"{name}: {encode_value(value)}\r\n".encode() for name, value in extensions)
-    entity = [f"\r\nContent-Type: {content_type}\r\n"]
-    for name, value in entity_headers:
-        if not value.isprintable():
-            return None  # controls in a MIME value: let cpim.build judge it
-        entity.append(f"{name}: {value}\r\n")
-    entity.append("\r\n")
-    out.append("".join(entity).encode())
-    out.append(body)
+    out += (b"\r\n", entity, body)
     return b"".join(out)
 
 
