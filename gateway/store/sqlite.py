@@ -39,7 +39,7 @@ import queue
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -119,59 +119,55 @@ _ENTRY_COLUMNS = (
 ENCODING = 1
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """One encoder for every row, giving the same bytes as ``json.dumps(meta,
-    separators=(",", ":"))``: ``json.dumps`` with options builds a new encoder per call,
-    and ``JSONEncoder.encode`` still builds its C scanner per call; the C scanner is
-    built once here when the interpreter has it (the pure-Python one otherwise)."""
-    base = json.JSONEncoder(separators=(",", ":"), check_circular=False)
-    make: Any = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return base.encode
-    chunks = make(
+#: The compact JSON of a row's meta, as chunks to join: the same bytes as
+#: ``json.dumps(meta, separators=(",", ":"))``. ``json.dumps`` with options builds a new
+#: encoder per call and ``JSONEncoder.encode`` its C scanner per call; here the C scanner
+#: is built once, for every row (the pure-Python encoder where the interpreter lacks it).
+_COMPACT = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+_make_scanner: Any = getattr(json.encoder, "c_make_encoder", None)
+_meta_chunks: Callable[[Any, bool], Iterable[str]] = (
+    _COMPACT.iterencode
+    if _make_scanner is None
+    else _make_scanner(
         None,  # no markers: check_circular=False
-        base.default,
+        _COMPACT.default,
         json.encoder.encode_basestring_ascii,
-        base.indent,
-        base.key_separator,
-        base.item_separator,
-        base.sort_keys,
-        base.skipkeys,
-        base.allow_nan,
+        _COMPACT.indent,
+        _COMPACT.key_separator,
+        _COMPACT.item_separator,
+        _COMPACT.sort_keys,
+        _COMPACT.skipkeys,
+        _COMPACT.allow_nan,
     )
-    join = "".join
-
-    def encode(value: Any) -> str:
-        return join(chunks(value, 0))
-
-    return encode
-
-
-_encode_meta = _compact_encoder()
+)
+_join = "".join
 
 
 def encode_envelope(envelope: Envelope) -> tuple[str, bytes | None]:
     """The envelope as (a compact JSON array without the payload body, the body bytes):
-    no base64 on disk, and no dict keys repeated in every row."""
+    no base64 on disk, and no dict keys repeated in every row. (Once per stored message:
+    the operation, a ``StrEnum``, and the trace, a tuple, go to the encoder as they are —
+    the same JSON as their value and a list.)"""
     payload = envelope.payload
     origin = envelope.origin
+    losses = envelope.losses
     meta = [
         ENCODING,
-        envelope.operation.value,
+        envelope.operation,
         envelope.sender,
         envelope.recipient,
         None if payload is None else payload.content_type,
         envelope.identity,
         [origin.adapter, origin.peer, origin.native_id, origin.reply_to, dict(origin.context)],
         envelope.max_forwards,
-        list(envelope.trace),
+        envelope.trace,
         envelope.received_at,
         envelope.duration,
         envelope.granted,
-        [[loss.field, loss.detail] for loss in envelope.losses],
+        [[loss.field, loss.detail] for loss in losses] if losses else [],
         dict(envelope.attributes),
     ]
-    return _encode_meta(meta), None if payload is None else payload.body
+    return _join(_meta_chunks(meta, False)), None if payload is None else payload.body
 
 
 def decode_envelope(meta: str, body: bytes | None) -> Envelope:
@@ -491,23 +487,6 @@ class _Pump:
     def submit(self, op: _Op) -> None:
         self.ops.append(op)
         self.wake.set()
-
-    def submit_commit(
-        self, store: SqliteStore, commit: Commit, encoded: _Encoded
-    ) -> asyncio.Future[Accepted]:
-        """Queue a message commit: it joins the group of commits queued last when nothing
-        was queued after that group (the batch keeps the calls' order)."""
-        future: asyncio.Future[Accepted] = self.loop.create_future()
-        ops = self.ops
-        group = ops[-1] if ops else None
-        if type(group) is _Commits and len(group.commits) < _GROUP:
-            group.commits.append(commit)
-            group.encoded.append(encoded)
-            group.futures.append(future)
-        else:
-            ops.append(_Commits(store, [commit], [encoded], [future]))
-        self.wake.set()
-        return future
 
     async def close(self) -> None:
         self.closing = True
@@ -861,8 +840,25 @@ class SqliteStore:
             )
         # Encoded here, on the caller's turn: an envelope that cannot be stored fails its
         # own call before anything is queued.
-        encoded = [encode_envelope(out.envelope) for out in batch.entries]
-        return await pump.submit_commit(self, batch, encoded)
+        entries = batch.entries
+        encoded = (
+            [encode_envelope(entries[0].envelope)]
+            if len(entries) == 1
+            else [encode_envelope(out.envelope) for out in entries]
+        )
+        # Queued as one more commit of the group queued last, when nothing was queued
+        # after that group (the batch keeps the calls' order); inline: once per message.
+        future: asyncio.Future[Accepted] = asyncio.Future(loop=pump.loop)
+        ops = pump.ops
+        group = ops[-1] if ops else None
+        if type(group) is _Commits and len(group.commits) < _GROUP:
+            group.commits.append(batch)
+            group.encoded.append(encoded)
+            group.futures.append(future)
+        else:
+            ops.append(_Commits(self, [batch], [encoded], [future]))
+        pump.wake.set()
+        return await future
 
     async def _commit_effects(self, batch: Commit) -> Accepted:
         """A commit that also changes subscriptions or the last presence (presence
