@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as _dt
+import functools
 import hashlib
 import itertools
 import re
@@ -996,7 +997,22 @@ def _signer_uris(cert: x509.Certificate) -> tuple[str, ...]:
 _AOR_SCHEMES = frozenset({"im", "pres", "sip", "sips", "xmpp"})
 
 
+#: How many URIs :func:`_identity` remembers: the gateway judges the same few senders and
+#: CPIM Froms over and over (least recently used ones are forgotten). Only URIs of at most
+#: :data:`IDENTITY_REMEMBERED_LENGTH` characters are kept, so the memory stays small
+#: (about 2 MiB at most) whatever long From a sender writes.
+IDENTITIES_REMEMBERED = 4096
+IDENTITY_REMEMBERED_LENGTH = 512
+
+
 def _identity(uri: str) -> tuple[str, str, str] | None:
+    """:func:`_read_identity`, remembered for the URIs the gateway sees again and again."""
+    if len(uri) > IDENTITY_REMEMBERED_LENGTH:
+        return _read_identity(uri)
+    return _remembered_identity(uri)
+
+
+def _read_identity(uri: str) -> tuple[str, str, str] | None:
     """(scheme, user, host) of an address-of-record URI, or None for other URIs.
 
     The user part is decoded and compared exactly; the host is case-insensitive
@@ -1008,6 +1024,8 @@ def _identity(uri: str) -> tuple[str, str, str] | None:
     ``?headers`` (RFC 3860 §3.2, which encodes the rest), an ``xmpp:`` address is read as
     the gateway writes it (``%``, ``?``, ``#`` percent-encoded: :func:`gateway_jid`) and a
     bare JID, as a stanza 'from' gives it, is taken as it is (RFC 7622 §3.1).
+
+    A pure function of ``uri``, so :func:`_identity` may remember its answers.
     """
     text = uri.strip()
     if "<" in text and text.endswith(">"):
@@ -1049,6 +1067,9 @@ def _identity(uri: str) -> tuple[str, str, str] | None:
         # user of another scheme, only itself ('/' never ends up in a host here)
         return scheme, user, f"{host}/xep-0106-non-canonical"
     return scheme, unescape_localpart(user), host
+
+
+_remembered_identity = functools.lru_cache(maxsize=IDENTITIES_REMEMBERED)(_read_identity)
 
 
 def _ascii_host(host: str) -> str:

@@ -165,17 +165,13 @@ def xml_fault(payload: Payload) -> ParseError | None:
     return None
 
 
-def _author(payload: Payload | None) -> str | None:
-    """The CPIM From URI of a message's object (unsigned, or read inside its signature),
-    None when there is none to read: encrypted, not CPIM, unreadable (the adapters and the
-    route's signature policy deal with those)."""
-    if payload is None or not (payload.media_type == CPIM or payload.is_signed):
-        return None
+def _read_cpim(payload: Payload) -> tuple[cpim.CpimMessage | None, GatewayError | None]:
+    """:func:`_cpim_message`, or why it cannot be read: the verdict reads a payload once
+    and both the author check and the signature and Require checks use that reading."""
     try:
-        message = _cpim_message(payload)
-    except GatewayError:
-        return None
-    return None if message is None or message.sender is None else message.sender.uri
+        return _cpim_message(payload), None
+    except GatewayError as exc:
+        return None, exc
 
 
 def _cpim_message(payload: Payload) -> cpim.CpimMessage | None:
@@ -226,7 +222,22 @@ def judge(
             f"list its domain under [security.peers] {origin} if that peer may carry it",
         )
 
-    author = _author(payload) if envelope.operation is Operation.MESSAGE else None
+    # The CPIM From of a message's object (unsigned, or read inside its signature); None
+    # when there is none to read: encrypted, not CPIM, unreadable (the adapters and the
+    # route's signature policy deal with those). The object is read once per verdict.
+    message: cpim.CpimMessage | None = None
+    unreadable: GatewayError | None = None
+    read = False
+    author: str | None = None
+    if (
+        envelope.operation is Operation.MESSAGE
+        and payload is not None
+        and (payload.media_type == CPIM or payload.is_signed)
+    ):
+        message, unreadable = _read_cpim(payload)
+        read = True
+        written = None if message is None else message.sender
+        author = None if written is None else written.uri
     other = author if author is not None and not _names(envelope.sender, author) else None
     if other is not None and rules.author != "off":
         signed_route = route is not None and route.signatures != "off"
@@ -279,14 +290,12 @@ def judge(
         # header anywhere in the bytes (a cheap scan keeps the hot path fast).
         and (route.signatures != "off" or b"Require:" in payload.body)
     ):
-        try:
-            message = _cpim_message(payload)
-        except GatewayError as exc:
-            message = None
-            if route.signatures == "require":
-                return _refuse(
-                    Reason.BAD_REQUEST, f"unreadable CPIM object: {exc}", "fix the sender"
-                )
+        if not read:
+            message, unreadable = _read_cpim(payload)
+        if unreadable is not None and route.signatures == "require":
+            return _refuse(
+                Reason.BAD_REQUEST, f"unreadable CPIM object: {unreadable}", "fix the sender"
+            )
         if message is not None and message.require:
             allowed = honoured(route, capabilities)
             missing = [n for n in message.require if allowed is not None and n not in allowed]
