@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import json
 import logging
 import queue
@@ -331,13 +332,23 @@ class _Commits:
                 ]
             conn.execute("RELEASE marks")
         params: list[Any] = []
-        for index, commit in enumerate(commits):
-            if fresh is not None and not fresh[index]:
+        singles = True  # one entry each (messages): one id each, in order
+        every = fresh or _ALL_FRESH  # endless when None: strict=False
+        for commit, encoded, new in zip(commits, self.encoded, every, strict=False):
+            if not new:
                 continue
             at = commit.at
-            for out, (meta, body) in zip(commit.entries, self.encoded[index], strict=True):
+            if len(encoded) == 1:
+                out = commit.entries[0]
+                meta, body = encoded[0]
+                params += (out.envelope.identity, out.target, at, at, out.expires_at, meta, body)
+                continue
+            singles = False
+            for out, (meta, body) in zip(commit.entries, encoded, strict=True):
                 params += (out.envelope.identity, out.target, at, at, out.expires_at, meta, body)
         ids = _insert_queue_rows(conn, params)
+        if singles and fresh is None:
+            return [Accepted(duplicate=False, ids=(entry_id,)) for entry_id in ids]
         accepted: list[Accepted] = []
         taken = 0
         for index, commit in enumerate(commits):
@@ -389,6 +400,7 @@ class _Commits:
 
 
 _DUPLICATE = Accepted(duplicate=True)
+_ALL_FRESH = itertools.repeat(True)
 
 
 def _insert_queue_rows(conn: sqlite3.Connection, params: list[Any]) -> list[str]:
