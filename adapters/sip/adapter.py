@@ -156,7 +156,7 @@ class SipConfig(AdapterConfig):
     max_connections: int = Field(default=1024, ge=1, description="inbound TCP/TLS connections")
     idle_timeout: float = Field(default=300.0, gt=0, description="close quiet inbound streams")
     overload_delay: float = Field(
-        default=0.3, ge=0, le=60, description="503 to new requests past this answer delay (0: off)"
+        default=1.0, ge=0, le=60, description="503 to new requests past this answer delay (0: off)"
     )
     overload_pending: int = Field(
         default=1000, ge=0, description="503 to new requests past this many in the core (0: off)"
