@@ -773,9 +773,19 @@ class SipAdapter(Adapter):
             if self._subscribers.get(key) is subscriber:
                 del self._subscribers[key]
             return
-        with contextlib.suppress(GatewayError):
+        try:
             response = await self._in_dialog(subscriber.dialog, request)
-            subscriber.on_response(response, asyncio.get_running_loop().time())
+        except GatewayError as exc:
+            # the dialog lingers at the server until it expires; unsubscribing, it is not
+            # refreshed or made again here
+            self.log.warning(
+                "ending the SIP subscription of %s to %s (taken by another node) failed: %s",
+                subscriber.watcher,
+                subscriber.presentity,
+                exc,
+            )
+            return
+        subscriber.on_response(response, asyncio.get_running_loop().time())
 
     async def _check_subscriptions(self) -> None:
         """A cluster's subscriptions (adapters/sip/subscribers.py): after a start, subscribe
