@@ -773,19 +773,9 @@ class SipAdapter(Adapter):
             if self._subscribers.get(key) is subscriber:
                 del self._subscribers[key]
             return
-        try:
+        with contextlib.suppress(GatewayError):
             response = await self._in_dialog(subscriber.dialog, request)
-        except GatewayError as exc:
-            # the dialog lingers at the server until it expires; unsubscribing, it is not
-            # refreshed or made again here
-            self.log.warning(
-                "ending the SIP subscription of %s to %s (taken by another node) failed: %s",
-                subscriber.watcher,
-                subscriber.presentity,
-                exc,
-            )
-            return
-        subscriber.on_response(response, asyncio.get_running_loop().time())
+            subscriber.on_response(response, asyncio.get_running_loop().time())
 
     async def _check_subscriptions(self) -> None:
         """A cluster's subscriptions (adapters/sip/subscribers.py): after a start, subscribe
