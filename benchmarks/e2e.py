@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -687,6 +688,7 @@ async def main_async(options: argparse.Namespace) -> int:
         extra["store.synchronous"] = options.synchronous
     if options.event_loop:
         extra["gateway.event_loop"] = options.event_loop
+    extra.update(options.set)
     rates = (
         [int(r) for r in options.rates.split(",")]
         if options.rates
@@ -778,6 +780,20 @@ def _ready(port: int) -> bool:
     return http_status(port, "/readyz") == 200
 
 
+def config_value(text: str) -> tuple[str, str | int | float | bool]:
+    """``TABLE.KEY=VALUE`` of ``--set``: the dotted key and the TOML scalar it names."""
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give TABLE.KEY=VALUE")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE is not a TOML value ({exc})") from exc
+    if not isinstance(parsed, str | int | float | bool):
+        raise argparse.ArgumentTypeError(f"{text!r}: VALUE must be a string, number or boolean")
+    return key.strip(), parsed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="sending time per step")
@@ -802,6 +818,14 @@ def main(argv: list[str] | None = None) -> int:
         "--py-spy", default=None, metavar="PREFIX", help="sample the gateway with py-spy"
     )
     parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
+    parser.add_argument(
+        "--set",
+        action="append",
+        type=config_value,
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="a gateway config value, VALUE in TOML (e.g. adapters.sip.overload_delay=0.3)",
+    )
     options = parser.parse_args(argv)
     return asyncio.run(main_async(options))
 
