@@ -629,10 +629,15 @@ class SipAdapter(Adapter):
         False when the subscription is gone."""
         if not await self._watchers.reserve(notifier):
             return False
+        self._own_contact(notifier)
+        return True
+
+    def _own_contact(self, notifier: Notifier) -> None:
+        """In a cluster (without a shared ``contact_host``), put this node's Contact on
+        ``notifier``'s dialog, on the transport the dialog's Contact names."""
         if self._watchers.shared and not self.settings.contact_host:
             contact = hdr.parse_name_addr(notifier.dialog.contact).uri
             notifier.dialog.contact = self._contact(contact.param("transport") or "UDP")
-        return True
 
     def share(self, store: ClusterStore) -> None:
         """Keep SIP watchers' subscriptions in the cluster's shared store (called by
@@ -879,9 +884,7 @@ class SipAdapter(Adapter):
             notifier = await self._watchers.expire(held, now)
             if notifier is None:
                 continue
-            if self._watchers.shared and not self.settings.contact_host:
-                transport = hdr.parse_name_addr(notifier.dialog.contact).uri.param("transport")
-                notifier.dialog.contact = self._contact(transport or "UDP")
+            self._own_contact(notifier)  # the CSeq was reserved by expire()
             notice = notifier.notify(now, state="terminated", reason="timeout")
             self._in_dialog(notifier.dialog, notice)
             if not notifier.fetch:
