@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -617,6 +618,14 @@ class Gateway:
                 self._overdue.add(task)
                 task.cancel()
 
+    def _unwatch(self) -> None:
+        """The send is over: ``send_timeout`` bounds it, not the store writes after it. A
+        write retried through a store outage (:meth:`_store_retry`) must not be cancelled
+        by :meth:`_watch`, which would leave the entry claimed with nobody to finish it."""
+        task = asyncio.current_task()
+        if task is not None and task in self._inflight:
+            self._inflight[task] = math.inf
+
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
         self._overdue.discard(task)
@@ -635,6 +644,7 @@ class Gateway:
                 reason=Reason.INTERNAL,
                 hint="configure it again, or `cpimgw queue drop` the entry",
             )
+            self._unwatch()
             await self._failed(entry, missing, False, None)
             return
         try:
@@ -646,6 +656,8 @@ class Gateway:
                     raise
                 task.uncancel()
                 raise TimeoutError from None
+            finally:
+                self._unwatch()
         except asyncio.CancelledError:
             raise
         except DeliveryError as exc:

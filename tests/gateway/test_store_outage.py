@@ -9,6 +9,7 @@ import asyncio
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from adapters.contract import AdapterContext, Sent
@@ -17,7 +18,7 @@ from canonical.envelope import Envelope
 from canonical.errors import DeliveryError, Reason
 from gateway.core import Gateway
 from gateway.store.sqlite import SqliteStore
-from tests.gateway.network import adapter, build, memory, until
+from tests.gateway.network import FAST, adapter, build, memory, until
 from tests.gateway.samples import message
 
 
@@ -122,5 +123,31 @@ async def test_a_reschedule_refused_by_a_locked_store_is_written_later_and_deliv
             await gw.settle()
             assert gw.ready()["store"]
             assert gw.counters.retried == 1
+            assert gw.counters.delivered == 1
+            assert await gw.store.entries() == []
+
+
+async def test_a_store_write_retried_past_the_send_timeout_is_not_cancelled(
+    tmp_path: Path,
+) -> None:
+    """The send timeout bounds the send, not the store write after it: a reschedule
+    retried through an outage longer than ``send_timeout`` is still written, and the
+    message delivered (cancelled, it would leave the entry claimed with nobody to finish
+    it)."""
+    path = tmp_path / "q.db"
+    with locker_of(path) as locker:
+        sip = LockingAdapter("sip", locker)
+        gw = build(
+            store=store_of(path),
+            adapters={"xmpp": memory("xmpp"), "sip": sip},
+            delivery=replace(FAST, send_timeout=0.2),
+        )
+        async with gw:
+            await adapter(gw, "xmpp").inject(message(text="retried"))
+            await until(lambda: errors(gw, "reschedule") >= 1)
+            await asyncio.sleep(1.5)  # past the deadline and a watch of the sends
+            locker.release()
+            await sip.wait_sent(1)
+            await gw.settle()
             assert gw.counters.delivered == 1
             assert await gw.store.entries() == []
