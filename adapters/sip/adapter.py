@@ -921,7 +921,7 @@ class SipAdapter(Adapter):
         events = subscriber.on_response(response, now)
         if any(isinstance(e, Authorized) for e in events):
             assert self._deliver is not None
-            with contextlib.suppress(GatewayError):
+            try:
                 await self._deliver(
                     Envelope(
                         operation=Operation.AUTHORIZE,
@@ -934,6 +934,15 @@ class SipAdapter(Adapter):
                         granted=False,
                     )
                 )
+            except GatewayError as exc:  # the watcher keeps its last state; say why
+                self.log.warning(
+                    "sip %s: the refusal of %s's presence to %s on refresh was not taken: %s",
+                    self.name,
+                    subscriber.presentity,
+                    subscriber.owner or subscriber.watcher,
+                    exc,
+                )
+                self.count("sip_refusals_dropped_total", adapter=self.name)
         self._after_events(subscriber, events, now)
 
     def _in_dialog(self, dialog: Dialog, request: Request) -> asyncio.Task[Response]:
