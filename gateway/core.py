@@ -762,7 +762,10 @@ class Gateway:
             error=str(final),
         )
         if entry.envelope.operation is Operation.SUBSCRIBE:
-            await self._abandon_subscription(entry.envelope, now)
+            try:
+                await self._abandon_subscription(entry.envelope, now)
+            except Exception as exc:  # noqa: BLE001 - counted and logged; the report still goes
+                self._store_trouble("abandon", exc)
         await self._report(entry.envelope, final, entry.id if owed else None)
 
     async def _abandon_subscription(self, envelope: Envelope, now: float) -> None:

@@ -401,3 +401,27 @@ async def test_a_bug_while_accepting_becomes_an_internal_error_for_the_sender() 
             await adapter(gw, "xmpp").inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
     assert err.value.reason is Reason.INTERNAL
     assert isinstance(err.value.__cause__, IndexError)
+
+
+class EndingRefused(MemoryStore):
+    """A store that cannot write the end of a subscription (the write after a failure)."""
+
+    async def commit(self, commit, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if commit.ended:
+            raise OSError("disk I/O error")
+        return await super().commit(commit, *args, **kwargs)
+
+
+async def test_undeliverable_subscribe_is_reported_even_when_its_end_cannot_be_stored() -> None:
+    async with build(store=EndingRefused()) as gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(
+            DeliveryError("no such presentity", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+        )
+        xmpp = adapter(gw, "xmpp")
+        await xmpp.inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+        await until(lambda: len(xmpp.reports) == 1)
+        [(reported, error)] = xmpp.reports
+        assert reported.operation is Operation.SUBSCRIBE
+        assert error.reason is Reason.UNKNOWN_DESTINATION
+        assert gw.metrics.store_errors.labels("abandon")._value.get() == 1
