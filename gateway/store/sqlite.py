@@ -768,6 +768,7 @@ class SqliteStore:
         self._reader_lock = asyncio.Lock()
         self._completed: deque[int] = deque()  # appended on the loop, drained by the writer
         self._flush_queued = False
+        self._flush: asyncio.Future[Any] | None = None  # the last deletion of completed rows
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -1037,6 +1038,16 @@ class SqliteStore:
             self._flush_queued = True
             future = self._submit(self._delete_completed)
             future.add_done_callback(_log_failure)
+            self._flush = future
+
+    async def _completions_committed(self) -> None:
+        """Wait for the commit of the completions queued so far. :meth:`complete` does
+        not wait for it, but a read on the reader connection right after a delivery (a
+        status asked for straight after, the queue depth) must not see the entry still
+        queued."""
+        flush = self._flush
+        if flush is not None and not flush.done():
+            await asyncio.wait([flush])
 
     def _delete_completed(self, conn: sqlite3.Connection) -> int:
         """Delete every completed entry queued so far (runs in the pump's batch)."""
@@ -1192,6 +1203,7 @@ class SqliteStore:
                 self._reader = sqlite3.connect(self.path, check_same_thread=False)
             return read(self._reader)
 
+        await self._completions_committed()
         async with self._reader_lock:
             return await _in_thread(read_apart)
 
@@ -1298,6 +1310,7 @@ class SqliteStore:
                 self._reader = sqlite3.connect(self.path, check_same_thread=False)
             return read(self._reader)
 
+        await self._completions_committed()
         async with self._reader_lock:
             return await _in_thread(read_apart)
 

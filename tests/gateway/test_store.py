@@ -201,6 +201,17 @@ async def test_outcome_follows_an_identity_from_pending_to_delivered(store: Stor
     assert await store.outcome(commit.identity) == Outcome(OutcomeState.DELIVERED)
 
 
+async def test_outcome_right_after_complete_is_delivered(store: Store) -> None:
+    """A status read straight after a delivery (the HTTP API's GET of a status) sees it
+    delivered, though SQLite commits the completion behind the caller."""
+    for n in range(20):
+        commit = commit_of(f"quick-{n}")
+        await store.commit(commit)
+        [entry] = await store.claim(1000.0 + n, 10)
+        await store.complete(entry.id)
+        assert await store.outcome(commit.identity) == Outcome(OutcomeState.DELIVERED)
+
+
 async def test_outcome_of_a_failed_entry_says_why_until_it_is_requeued(store: Store) -> None:
     commit = commit_of("f")
     await store.commit(commit)
