@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -46,20 +47,54 @@ def find_binary(name: str, package: str) -> str:
     return found
 
 
+#: Ports already handed out by :func:`free_port` in this process (never twice).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (outgoing connections, bind to 0)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(n) for n in f.read().split())
+    except (OSError, ValueError):
+        return (32768, 60999)
+    return (low, high)
+
+
+def _bindable(port: int, kind: str) -> bool:
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if kind == "udp" else [])
+    for sock_type in kinds:
+        try:
+            with socket.socket(socket.AF_INET, sock_type) as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(kind: str = "tcp") -> int:
-    """A port on 127.0.0.1 free for TCP (and for UDP too when ``kind`` is "udp") just now."""
+    """A port on 127.0.0.1 free for TCP (and for UDP too when ``kind`` is "udp") just now.
+
+    Picked at random *below* the kernel's ephemeral range when there is room: a port
+    the kernel hands out itself (bind to 0) is the next outgoing connection's local port
+    too, so a server started on it a moment later may find it taken. A port is handed
+    out at most once per process.
+    """
+    low, _high = _ephemeral_range()
+    if low > 12_000:
+        rng = random.SystemRandom()
+        for _ in range(200):
+            port = rng.randrange(10_000, low)
+            if port not in _HANDED_OUT and _bindable(port, kind):
+                _HANDED_OUT.add(port)
+                return port
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
-        if kind == "tcp":
+        if port not in _HANDED_OUT and _bindable(port, kind):
+            _HANDED_OUT.add(port)
             return port
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
     raise ServiceError("no free port on 127.0.0.1")
 
 

@@ -20,6 +20,7 @@ from adapters.sip.transaction import Timers
 from adapters.sip.transport import Peer
 from canonical.errors import DeliveryError
 from tests import pki
+from tests.servers.process import free_port
 from tests.sip.relay import LossyUdpRelay
 
 FAST = Timers(t1=0.05, t2=0.4, t4=0.5)
@@ -76,11 +77,28 @@ class Server:
         incoming.respond(self.status, "Accepted" if self.status == 202 else "Refused")
 
 
+async def listening_server() -> Server:
+    """A :class:`Server` bound to one port for both UDP and TCP (as a SIP server listens).
+
+    The port comes from :func:`free_port` (outside the kernel's ephemeral range, free
+    for both just now); if it is taken meanwhile, a new server tries another.
+    """
+    for _ in range(20):
+        srv = Server()
+        port = free_port("udp")
+        try:
+            await srv.endpoint.listen("UDP", "127.0.0.1", port)
+            await srv.endpoint.listen("TCP", "127.0.0.1", port)
+        except OSError:
+            await srv.endpoint.close()
+            continue
+        return srv
+    raise OSError("no port on 127.0.0.1 free for both UDP and TCP")
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    await srv.endpoint.listen("UDP", "127.0.0.1", 0)
-    await srv.endpoint.listen("TCP", "127.0.0.1", srv.endpoint.local("UDP").port)
+    srv = await listening_server()
     yield srv
     await srv.endpoint.close()
 

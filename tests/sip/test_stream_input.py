@@ -19,16 +19,14 @@ from adapters.sip.codec import Response, StreamFramer, parse
 from adapters.sip.transport import bad_request
 from canonical.errors import ParseError
 from tests import pki
-from tests.sip.test_endpoint import Server, raw
+from tests.sip.test_endpoint import Server, listening_server, raw
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    srv = Server()
-    await srv.endpoint.listen("UDP", "127.0.0.1", 0)
-    await srv.endpoint.listen("TCP", "127.0.0.1", srv.endpoint.local("UDP").port)
+    srv = await listening_server()
     yield srv
     await srv.endpoint.close()
 
