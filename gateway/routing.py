@@ -64,7 +64,9 @@ def split_address(address: str) -> AddressParts:
     """Split a URI (``im:``, ``pres:``, ``sip:``, ``sips:``, ``xmpp:``, ...) or a bare JID.
 
     A text without a scheme is read as a JID (``xmpp:``). For JIDs the user part ends at
-    the last ``@`` before the resource (a resource may contain ``@``, RFC 7622 §3.4).
+    the last ``@`` before the resource (a resource may contain ``@``, RFC 7622 §3.4); for
+    ``im:``/``pres:`` the resource starts at the first ``/`` after the first ``@`` (the
+    local part of a mailbox may contain ``/``, RFC 3860 §3 / RFC 5322 §3.2.3).
     Raises RoutingError (BAD_REQUEST) for an address without a host.
     """
     text = address.strip()
@@ -75,7 +77,15 @@ def split_address(address: str) -> AddressParts:
         scheme, rest = "xmpp", text
     if scheme == "xmpp":
         rest = rest.removeprefix("//")  # RFC 5122 §2.2 authority; a SIP user may begin "//"
-    head_end = rest.find("/") if scheme in ("xmpp", "im", "pres") else -1
+    if scheme == "xmpp":
+        head_end = rest.find("/")  # a JID localpart has no "/" (RFC 7622 §3.3.1)
+    elif scheme in ("im", "pres"):
+        # a mailbox's local part may hold "/" (RFC 5322 §3.2.3 atext): a resource starts
+        # only after the "@" (im:a/b@x is the user a/b; im:a@x/phone has a resource)
+        at_sign = rest.find("@")
+        head_end = rest.find("/", at_sign + 1) if at_sign >= 0 else rest.find("/")
+    else:
+        head_end = -1
     head = rest if head_end < 0 else rest[:head_end]
     at = head.rfind("@")
     user = head[:at] if at >= 0 else None
