@@ -92,6 +92,24 @@ class DeliveryPolicy:
     drain_timeout: float = 20.0
 
 
+#: Exceptions that name a mistake in cpimgw's own code, never a store's outage.
+_BUGS = (
+    TypeError,
+    AttributeError,
+    NameError,
+    LookupError,
+    AssertionError,
+    ArithmeticError,
+    RecursionError,
+)
+
+
+def is_bug(error: BaseException) -> bool:
+    """True for a programming error (a TypeError, a KeyError ...), false for what a store
+    or a peer raises on purpose (GatewayError, sqlite3.Error, OSError, Redis's errors)."""
+    return isinstance(error, _BUGS) and not isinstance(error, GatewayError)
+
+
 def backoff(
     attempts: int, policy: DeliveryPolicy, *, draw: float, retry_after: float | None
 ) -> float:
@@ -165,6 +183,7 @@ class Gateway:
         #: store calls being retried after an error (readiness: ``store`` is false)
         self._store_failing = 0
         self._store_logged = 0.0
+        self._bug_logged = 0.0
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._check_routes()
@@ -529,8 +548,27 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - counted, logged, retried
                 if time.monotonic() - started > STORE_BACKOFF_RESET:
                     delay = STORE_BACKOFF_MIN  # it ran a while: a new outage
-                await self._store_retry("dispatch", self._check_store, exc, delay=delay)
+                if is_bug(exc):
+                    await self._dispatch_bug(exc, delay)
+                else:
+                    await self._store_retry("dispatch", self._check_store, exc, delay=delay)
                 delay = min(delay * 2, STORE_BACKOFF_MAX)
+
+    async def _dispatch_bug(self, error: Exception, delay: float) -> None:
+        """The dispatch loop raised a programming error, not a store's: it is logged with
+        its traceback (at most every ``STORE_LOG_INTERVAL`` s) and counted as
+        ``cpimgw_internal_errors_total{where="dispatch"}`` — not as a store error, and
+        readiness does not blame the store — and the loop restarts after ``delay``."""
+        self.metrics.internal_errors.labels("dispatch").inc()
+        now = time.monotonic()
+        if now - self._bug_logged >= STORE_LOG_INTERVAL:
+            self._bug_logged = now
+            self.log.error(
+                "the dispatch loop raised an internal error; it restarts in %gs",
+                delay,
+                exc_info=error,
+            )
+        await asyncio.sleep(delay)
 
     async def _check_store(self) -> None:
         """Raise while the store cannot serve: its own ``check()`` when it has one (a

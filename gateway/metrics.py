@@ -117,6 +117,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.internal_errors = Counter(
+            "cpimgw_internal_errors",
+            "Programming errors a delivery loop caught and restarted after",
+            ["where"],
+            registry=r,
+        )
         self.adapter_dropped = Counter(
             "cpimgw_adapter_series_dropped",
             "Adapter counts not kept: the metric had its maximum of label sets",
