@@ -63,6 +63,10 @@ STORE_BACKOFF_MAX = 5.0
 STORE_BACKOFF_RESET = 30.0
 #: At most one error line per this many seconds while the store keeps failing.
 STORE_LOG_INTERVAL = 10.0
+#: Seconds between tries of the failure reports an origin adapter refused while running.
+REPORT_RETRY_INTERVAL = 5.0
+#: Refused reports kept in memory for those tries; more wait in the store for the next start.
+REPORT_RETRY_MAX = 10_000
 
 
 class RateLimitedError(SecurityError):
@@ -184,6 +188,10 @@ class Gateway:
         self._store_failing = 0
         self._store_logged = 0.0
         self._bug_logged = 0.0
+        #: Owed reports the origin adapter refused (entry id -> envelope, error), tried
+        #: again every REPORT_RETRY_INTERVAL s while this node runs.
+        self._unreported: dict[str, tuple[Envelope, GatewayError]] = {}
+        self.report_retry_interval = REPORT_RETRY_INTERVAL
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._check_routes()
@@ -238,6 +246,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         await self._resubscribe()
         self._tasks.append(asyncio.create_task(self._resend_reports(), name="reports"))
+        self._tasks.append(asyncio.create_task(self._retry_reports(), name="report-retries"))
 
     async def _run_adapter(self, name: str, adapter: Adapter) -> None:
         try:
@@ -836,24 +845,65 @@ class Gateway:
         if not self._owes_report(envelope):
             return
         origin = self.adapters[envelope.origin.adapter]
+        original = envelope
         if "negative-delivery" in envelope.attributes.get(IMDN_REQUEST, ""):
             envelope = envelope.replace(attributes={**envelope.attributes, REPORT_IMDN: "failed"})
         try:
             await asyncio.wait_for(origin.report(envelope, error), self.delivery.send_timeout)
         except Exception as exc:  # noqa: BLE001 - a failed report is logged, never fatal
             self.metrics.reports.labels(origin.name, "error").inc()
+            retried = owed is not None and self._retry_report(owed, original, error)
             self.log.warning(
                 "failure report could not be sent",
-                extra={"adapter": origin.name, "identity": envelope.identity, "error": repr(exc)},
+                extra={
+                    "adapter": origin.name,
+                    "identity": envelope.identity,
+                    "error": repr(exc),
+                    "next": f"tried again in {self.report_retry_interval:g}s"
+                    if retried
+                    else "sent at the next start",
+                },
             )
             return
         self.counters.reported += 1
         self.metrics.reports.labels(origin.name, "sent").inc()
         if owed is not None:
+            self._unreported.pop(owed, None)
             try:
                 await self.store.reported(owed)
             except Exception as exc:  # noqa: BLE001 - it stays owed: sent again at start
                 self._store_trouble("reported", exc)
+
+    def _retry_report(self, owed: str, envelope: Envelope, error: GatewayError) -> bool:
+        """Keep a refused report (its entry ``owed`` in the store) for
+        :meth:`_retry_reports`; False when REPORT_RETRY_MAX are kept already (it stays
+        owed in the store, for the next start)."""
+        if owed not in self._unreported and len(self._unreported) >= REPORT_RETRY_MAX:
+            return False
+        self._unreported[owed] = (envelope, error)
+        return True
+
+    async def _retry_reports(self) -> None:
+        """Every REPORT_RETRY_INTERVAL s, the reports an origin adapter refused while
+        running (its link was down, it was still connecting at start) are tried again,
+        so the sender hears back once the link is up, not only at the next start. Only
+        this node's refusals: another node's owed reports are its own to send."""
+        while not self._stopping:
+            await asyncio.sleep(self.report_retry_interval)
+            if not self._unreported:
+                continue
+            try:  # still owed? (an operator may have requeued or dropped the entry)
+                still = {e.id for e in await self.store.reports(limit=REPORT_RETRY_MAX)}
+            except Exception as exc:  # noqa: BLE001 - tried again next round
+                self._store_trouble("reports", exc)
+                continue
+            for owed, (envelope, error) in list(self._unreported.items()):
+                if self._stopping:
+                    return
+                if owed not in still:
+                    self._unreported.pop(owed, None)
+                    continue
+                await self._report(envelope, error, owed)
 
     async def _resend_reports(self) -> None:
         """At start: the failure reports still owed (a crash or an adapter error came

@@ -84,3 +84,75 @@ async def test_a_report_taken_at_once_is_not_owed(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.01)
         assert await gw.store.reports() == []
+
+
+class FlakyLink(MemoryAdapter):
+    """A network whose link is down for a while: reports are refused until ``up``."""
+
+    up = False
+
+    async def report(self, envelope: Envelope, error: GatewayError) -> None:
+        if not self.up:
+            raise DeliveryError("the link is down", retryable=True, reason=Reason.UNAVAILABLE)
+        await super().report(envelope, error)
+
+
+async def test_a_report_refused_while_running_reaches_the_sender_once_the_link_is_up(
+    tmp_path: Path,
+) -> None:
+    """No restart needed: the refused report is tried again while the gateway runs, sent
+    once, and then no longer owed in the store."""
+    env = message(text="to nobody, link down")
+    flaky = FlakyLink("xmpp", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    gw = build(path=tmp_path / "q.db", adapters=networks(flaky))
+    gw.report_retry_interval = 0.05
+    async with gw:
+        adapter(gw, "sip").fail_next(
+            DeliveryError("no such user", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
+        )
+        await flaky.inject(env)
+        await until(
+            lambda: (
+                (
+                    gw.metrics.registry.get_sample_value(
+                        "cpimgw_reports_total", {"adapter": "xmpp", "result": "error"}
+                    )
+                    or 0.0
+                )
+                >= 2.0
+            )
+        )  # refused, and refused again by the retries
+        assert flaky.reports == []
+        assert [e.envelope.identity for e in await gw.store.reports()] == [env.identity]
+        flaky.up = True
+        await flaky.wait_sent(1)
+        [(reported, error)] = flaky.reports
+        assert reported.identity == env.identity
+        assert error.reason is Reason.UNKNOWN_DESTINATION
+        await until(lambda: gw.counters.reported == 1)
+        for _ in range(100):
+            if not await gw.store.reports():
+                break
+            await asyncio.sleep(0.01)
+        assert await gw.store.reports() == []
+        await asyncio.sleep(0.2)  # several retry rounds: nothing is sent twice
+        assert len(flaky.reports) == 1
+
+
+async def test_a_refused_report_the_operator_requeued_is_not_retried(tmp_path: Path) -> None:
+    flaky = FlakyLink("xmpp", MemoryConfig(), AdapterContext(gateway_id="gw"))
+    gw = build(path=tmp_path / "q.db", adapters=networks(flaky))
+    gw.report_retry_interval = 0.05
+    async with gw:
+        sip = adapter(gw, "sip")
+        sip.fail_next(DeliveryError("down", retryable=False, reason=Reason.UNAVAILABLE))
+        await flaky.inject(message(text="requeued later"))
+        await until(lambda: gw.counters.failed == 1)
+        await until(lambda: bool(gw._unreported))
+        assert await gw.store.requeue(None, now=gw.clock()) == 1
+        gw._wake.set()
+        await sip.wait_sent(1)  # delivered after all
+        flaky.up = True
+        await until(lambda: not gw._unreported)
+        await asyncio.sleep(0.2)
+        assert flaky.reports == []
