@@ -312,6 +312,7 @@ class Bench:
             [
                 require_binary("sipp", "sip-tester"),
                 "-sf", str(self.folder / "uas.xml"), "-i", "127.0.0.1", "-p", str(port),
+                "-ci", "127.0.0.1", "-mi", "127.0.0.1",
                 "-t", "u1", "-nostdin", "-trace_msg", "-message_file", str(trace),
                 "-max_recv_loops", "10000", "-max_sched_loops", "10000",
             ],
@@ -425,7 +426,8 @@ class Bench:
             require_binary("sipp", "sip-tester"),
             f"127.0.0.1:{self.stack.kamailio_port}",
             "-sf", str(self.folder / "uac.xml"), "-inf", str(users),
-            "-i", "127.0.0.1", "-p", str(free_port("udp")), "-t", "u1", "-nostdin",
+            "-i", "127.0.0.1", "-ci", "127.0.0.1", "-mi", "127.0.0.1",
+            "-p", str(free_port("udp")), "-t", "u1", "-nostdin",
             "-key", "dest_domain", domain, "-key", "run", str(run),
             "-r", str(int(rate)), "-rp", "1000", "-m", str(count), "-l", str(max(200, int(rate))),
             "-timeout", f"{self.seconds + 60}s", "-timeout_error",

@@ -87,6 +87,12 @@ def _argv(
         str(SCENARIOS / scenario),
         "-i",
         "127.0.0.1",
+        # SIPp's control socket binds 0.0.0.0 and its media socket the host's primary
+        # address unless told otherwise: loopback only
+        "-ci",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
         "-p",
         str(port),
         "-t",
