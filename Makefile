@@ -23,7 +23,7 @@ unit: bootstrap
 	$(PY) -m pytest -m "not e2e"
 
 test: bootstrap lint typecheck
-	$(PY) -m pytest
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest
 
 bench: bootstrap
 	$(PY) -m benchmarks
