@@ -42,9 +42,9 @@ from canonical.errors import (
 from gateway.logs import RUNNER, OutcomeLog
 from gateway.metrics import Metrics
 from gateway.presence import Effects, PresenceBook, SubscriptionState
-from gateway.routing import RoutingTable, SeenSet, check_hops
+from gateway.routing import RoutingTable, SeenSet, bare, check_hops
 from gateway.security import Rules, judge
-from gateway.store import Commit, Entry, Outbound, Store
+from gateway.store import Accepted, Commit, Entry, Outbound, Store
 
 #: Attribute of a report envelope (see adapters.memory) — a report is never reported.
 REPORT_REASON = "report.reason"
@@ -194,6 +194,7 @@ class Gateway:
         self.report_retry_interval = REPORT_RETRY_INTERVAL
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
+        self._presence_turns: dict[str, _Turn] = {}
         self._check_routes()
         for adapter in self.adapters.values():
             # adapters that tell their callers what became of an operation ask the store
@@ -327,9 +328,12 @@ class Gateway:
         """Check, route and store one inbound envelope; see the module docstring.
 
         Order: calls are written to the store in the order they were made (nothing
-        before the store write suspends but a sender's token bucket, taken in turns), so
-        an adapter that starts calls in its network's order — without waiting for each
-        answer — has them stored, and so sent on, in that order."""
+        before the store write suspends but a sender's token bucket and a presentity's
+        presence turn, both taken in turns), so an adapter that starts calls in its
+        network's order — without waiting for each answer — has them stored, and so sent
+        on, in that order. Presence operations of one presentity are planned, stored and
+        applied to the presence book one after the other: each sees the book as the
+        previous one left it."""
         now = self.clock()
         fixes: dict[str, object] = {}
         if envelope.origin.adapter != adapter:
@@ -341,20 +345,24 @@ class Gateway:
         try:
             self._check_open()
             check_hops(envelope, self.gateway_id)
-            batch, effects = await self._plan(envelope, now)
-            try:
-                accepted = await self.store.commit(batch)
-            except GatewayError:
-                raise
-            except Exception as exc:
-                self.log.exception("the store refused a write", extra={"identity": batch.identity})
-                raise DeliveryError(
-                    f"the gateway cannot store messages right now: {exc}",
-                    retryable=True,
-                    reason=Reason.UNAVAILABLE,
-                    hint="send again later; the operator is alerted by the log",
-                    retry_after=5.0,
-                ) from exc
+            key = self._presentity_key(envelope)
+            if key is None:
+                batch, effects, accepted = await self._plan_and_store(envelope, now)
+            else:
+                # presence operations of one presentity in turns, each one's change to the
+                # book applied before the next is planned (an AUTHORIZE and the NOTIFY
+                # right behind it: the NOTIFY must see the subscription approved)
+                turn = self._presence_turns.get(key)
+                if turn is None:
+                    turn = self._presence_turns[key] = _Turn()
+                turn.users += 1
+                try:
+                    async with turn.lock:
+                        batch, effects, accepted = await self._plan_and_store(envelope, now)
+                finally:
+                    turn.users -= 1
+                    if not turn.users:
+                        del self._presence_turns[key]
         except GatewayError as exc:
             self.counters.refused += 1
             self.metrics.rejected.labels(adapter, exc.reason.value).inc()
@@ -379,10 +387,8 @@ class Gateway:
             self.metrics.duplicates.labels(adapter).inc()
             self.outcomes.outcome("duplicate", envelope)
             return Receipt(envelope.identity, duplicate=True)
-        if effects is not None:
-            self.book.apply(effects)
-            if effects.dropped:
-                self.metrics.presence_dropped.inc(effects.dropped)
+        if effects is not None and effects.dropped:
+            self.metrics.presence_dropped.inc(effects.dropped)
         self.counters.accepted += 1
         self.metrics.child(self.metrics.messages_in, adapter, envelope.operation.value).inc()
         self.outcomes.outcome(
@@ -397,6 +403,43 @@ class Gateway:
         if accepted.ids:
             self._wake.set()
         return Receipt(envelope.identity)
+
+    async def _plan_and_store(
+        self, envelope: Envelope, now: float
+    ) -> tuple[Commit, Effects | None, Accepted]:
+        """Plan, write to the store, and apply the presence change to the book once the
+        store took it (not for a duplicate)."""
+        batch, effects = await self._plan(envelope, now)
+        try:
+            accepted = await self.store.commit(batch)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            self.log.exception("the store refused a write", extra={"identity": batch.identity})
+            raise DeliveryError(
+                f"the gateway cannot store messages right now: {exc}",
+                retryable=True,
+                reason=Reason.UNAVAILABLE,
+                hint="send again later; the operator is alerted by the log",
+                retry_after=5.0,
+            ) from exc
+        if effects is not None and not accepted.duplicate:
+            self.book.apply(effects)
+        return batch, effects, accepted
+
+    def _presentity_key(self, envelope: Envelope) -> str | None:
+        """The bare presentity a presence operation is about (its turn's key), or None
+        for a message. RFC 3859 §3.1: SUBSCRIBE/UNSUBSCRIBE name the presentity as
+        recipient, AUTHORIZE and NOTIFY come from it."""
+        op = envelope.operation
+        if op is Operation.MESSAGE:
+            return None
+        if op in (Operation.SUBSCRIBE, Operation.UNSUBSCRIBE):
+            try:
+                return bare(self.routing.resolve(envelope.recipient).recipient)
+            except GatewayError:
+                return None  # refused by _plan, with the reason
+        return bare(envelope.sender)
 
     def _check_open(self) -> None:
         """Refuse new work while draining (the sender retries; nothing is half-taken)."""

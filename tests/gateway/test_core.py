@@ -263,6 +263,27 @@ def op(
     return env.replace(**kw) if kw else env
 
 
+async def test_a_notify_right_behind_the_approval_reaches_the_watcher(tmp_path: Path) -> None:
+    """The presentity's network approves and notifies back to back, without waiting for
+    the first answer (as a gateway or adapter pipelining its calls does): the NOTIFY is
+    planned after the AUTHORIZE's change to the book, not while the AUTHORIZE's store
+    write is in flight (it was then dropped as "no authorised subscription")."""
+    async with build(path=tmp_path / "q.db") as gw:
+        xmpp, sip = adapter(gw, "xmpp"), adapter(gw, "sip")
+        await xmpp.inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+        await sip.wait_sent(1)
+        doc = Payload(PIDF, b"<presence entity='pres:bob@sip.example.net'>here</presence>")
+        await asyncio.gather(
+            sip.inject(op(Operation.AUTHORIZE, P, W, "sip", granted=True)),
+            sip.inject(op(Operation.NOTIFY, P, W, "sip", 1, payload=doc)),
+        )
+        await xmpp.wait_sent(2)
+        dropped = gw.metrics.registry.get_sample_value("cpimgw_presence_dropped_total")
+        assert not dropped
+    assert [e.operation for e in xmpp.sent] == [Operation.AUTHORIZE, Operation.NOTIFY]
+    assert xmpp.sent[1].payload == doc
+
+
 async def test_presence_handshake_notify_and_restart(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
     async with build(path=path) as gw:
