@@ -366,7 +366,11 @@ async def test_sip_presence_reaches_the_xmpp_user_across_the_federation(
     stack = federation.stack
     contact = f"dan@{COMPONENT}"
     publisher = await sip_publish(
-        stack, "dan", _pidf("dan", "In the office ✓"), _pidf("dan", "Gone fishing 🎣"), wait_ms=5000
+        stack,
+        "dan",
+        _pidf("dan", "In the office ✓"),
+        _pidf("dan", "Gone fishing 🎣"),
+        wait_ms=10000,
     )
     await asyncio.sleep(0.5)
     async with logged_in(f"alice@{XMPP_DOMAIN}", "alicepw", stack.c2s_port) as alice:

@@ -157,7 +157,7 @@ async def sip_publish(
 
 def sip_watch(stack: Stack, watcher: str, presentity: str) -> asyncio.Task[SippRun]:
     """SIP user ``watcher`` subscribes to ``presentity``@xmpp.test and takes NOTIFYs until
-    none came for 3 s; then unsubscribes (background task)."""
+    none came for 10 s; then unsubscribes (background task)."""
     folder = stack.workdir / "sipp" / f"{watcher}-watch"
     return asyncio.create_task(
         asyncio.to_thread(

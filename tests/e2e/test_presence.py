@@ -56,7 +56,7 @@ async def test_xmpp_user_sees_a_sip_users_presence_and_its_update(prosody_stack:
         "bob20",
         pidf("bob20", "In the office ✓"),
         pidf("bob20", "Gone fishing 🎣"),
-        wait_ms=4000,
+        wait_ms=8000,  # the first presence must cross before the update, on a loaded machine too
     )
     await asyncio.sleep(0.5)  # the first PUBLISH is in
     async with logged_in(f"alice@{XMPP_DOMAIN}", "alicepw", stack.c2s_port) as alice:

@@ -73,7 +73,7 @@ async def test_probe_is_answered_with_the_last_known_presence_never_unsubscribed
         "bob30",
         pidf("bob30", "Probe me ✓"),
         pidf("bob30", "Still here ✓"),
-        wait_ms=8000,
+        wait_ms=12000,
     )
     await asyncio.sleep(0.5)  # the first PUBLISH is in
     async with logged_in(f"erin@{XMPP_DOMAIN}/probe", "erinpw", stack.c2s_port) as erin:
