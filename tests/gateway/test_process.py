@@ -223,9 +223,14 @@ async def test_run_serves_health_metrics_reloads_on_sighup_and_drains_on_sigterm
             if len(set(sink.received)) == 10:
                 break
             await asyncio.sleep(0.01)
-        status, text_metrics = await asyncio.to_thread(get, metrics, "/metrics")
+        wanted = 'cpimgw_messages_out_total{adapter="out",operation="message"} 10.0'
+        for _ in range(500):  # counted once the sink's ack is read, after it has the 10th
+            status, text_metrics = await asyncio.to_thread(get, metrics, "/metrics")
+            if wanted in text_metrics:
+                break
+            await asyncio.sleep(0.01)
         assert 'cpimgw_messages_in_total{adapter="in",operation="message"} 10.0' in text_metrics
-        assert 'cpimgw_messages_out_total{adapter="out",operation="message"} 10.0' in text_metrics
+        assert wanted in text_metrics
         assert "cpimgw_delivery_latency_seconds_bucket" in text_metrics
         # an unknown domain is refused, then routed after SIGHUP, on the same connection
         env = envelope(99).replace(recipient="im:x@new.test")

@@ -180,7 +180,8 @@ async def test_dead_peer_times_out_after_64_t1() -> None:
         elapsed = loop.time() - start
         assert err.value.retryable
         assert err.value.reason == "timeout"
-        assert 64 * FAST.t1 <= elapsed < 64 * FAST.t1 + 1.5
+        # Timer F (64*T1), not sooner; and not some much later timeout (slack for load)
+        assert 64 * FAST.t1 <= elapsed < 64 * FAST.t1 * 3
     finally:
         sock.close()
         await client.close()

@@ -48,7 +48,7 @@ async def test_an_unconfirmed_send_times_out_and_stays_queued() -> None:
         assert isinstance(result, DeliveryError)
         assert result.retryable
         assert result.reason is Reason.TIMEOUT
-    assert 0.2 <= waited < 2.5  # found by a check about once a second
+    assert 0.2 <= waited < 10  # found by a check about once a second, not never
     assert len(adapter._outbound) == 2  # written after (re)connecting
 
 
