@@ -231,7 +231,10 @@ async def test_stalled_core_gets_503_for_new_work_and_answers_what_it_took(
     await uac.final(["taken"])
     assert {a.status for a in uac.answers["taken"]} == {202}
     uac.send(message(refused[0], port))  # a refused request's retransmission: same answer
-    await asyncio.sleep(0.2)
+    for _ in range(500):
+        if len(uac.answers[refused[0]]) >= 2:
+            break
+        await asyncio.sleep(0.01)
     assert [a.status for a in uac.answers[refused[0]]] == [503, 503]
 
     # recovery: the load dropped, new requests are taken again, several at once too
