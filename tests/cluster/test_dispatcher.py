@@ -115,11 +115,22 @@ async def test_dispatcher_spreads_probes_and_fails_over_across_nodes(tmp_path: P
         assert after[1] == before[1]
         assert sum(after) - sum(before) == 30
 
-        # a node dies between two probes: the request that meets it goes to the next node
-        await nodes[2].stop()
-        assert kamailio.states()[uris[2]] == "AP"  # not noticed yet
-        statuses = await asyncio.gather(*(message(endpoint, kamailio, n) for n in range(60, 66)))
-        assert statuses == [202] * 6
+        # a node dies between two probes: the request that meets it goes to the next node.
+        # Probes come every second; if one reaches the dead node before the requests do
+        # (a loaded machine), the node is put back and the round tried again.
+        sent = 60
+        for _ in range(5):
+            await nodes[2].stop()
+            if kamailio.states()[uris[2]] == "AP":  # not noticed yet
+                statuses = await asyncio.gather(
+                    *(message(endpoint, kamailio, n) for n in range(sent, sent + 6))
+                )
+                sent += 6
+                assert statuses == [202] * 6
+                if "trying the next" in kamailio.log:
+                    break
+            await nodes[2].start(kamailio.port)
+            await until(lambda: kamailio.states()[uris[2]] == "AP")
         assert "trying the next" in kamailio.log
 
         # back: the probe answers put the nodes in again
@@ -127,4 +138,4 @@ async def test_dispatcher_spreads_probes_and_fails_over_across_nodes(tmp_path: P
         await nodes[2].start(kamailio.port)
         await until(lambda: set(kamailio.states().values()) == {"AP"})
         received = {e.identity for n in nodes for e in n.received}
-        assert len(received) == 66, "every message arrived once, whatever node took it"
+        assert len(received) == sent, "every message arrived once, whatever node took it"
