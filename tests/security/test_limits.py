@@ -232,6 +232,7 @@ async def test_subscription_floods_are_rate_limited_with_bounded_memory(gw: Stac
     run = uuid.uuid4().hex[:8]
     rss_before = gw.gateway.rss_kib()
     statuses: list[int] = []
+    started = time.monotonic()
     async with sip_ua(gw.kamailio.port) as ua:
         for i in range(200):
             request = Request.build(
@@ -250,6 +251,8 @@ async def test_subscription_floods_are_rate_limited_with_bounded_memory(gw: Stac
                 ],
             )
             statuses.append(await ua.send(request))
+    # the SUBSCRIBEs go one after the other: the bucket (burst 10, 5/s) refills meanwhile
+    allowed = 10 + 5.0 * (time.monotonic() - started) + 2
     errors: list[str] = []
     async with logged_in(f"alice@{XMPP_DOMAIN}/desk", PASSWORD, gw.prosody.c2s_port) as alice:
         alice.add_event_handler("presence_error", lambda p: errors.append(p["error"]["condition"]))
@@ -270,8 +273,8 @@ async def test_subscription_floods_are_rate_limited_with_bounded_memory(gw: Stac
         xmpp_conditions=sorted(set(errors)),
         rss_growth_kib=rss_after - rss_before,
     )
-    assert limited >= 150, statuses
-    assert accepted <= 50
+    assert accepted <= allowed, (accepted, allowed)
+    assert limited >= len(statuses) - allowed, statuses
     assert len(errors) >= 150
     assert set(errors) == {"resource-constraint"}
     assert rss_after - rss_before < 32 * 1024
