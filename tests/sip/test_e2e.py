@@ -403,7 +403,7 @@ async def test_gateway_user_watches_a_sip_user_through_kamailio(stack: Stack) ->
             payload=None,
             identity="c" * 32,
             origin=Origin("xmpp"),
-            duration=4,
+            duration=8,
         )
         sent = await gw.adapter.send(sub)
         assert sent.detail.startswith("20")
@@ -417,13 +417,14 @@ async def test_gateway_user_watches_a_sip_user_through_kamailio(stack: Stack) ->
         document = parse_pidf(state.payload.body)
         assert document.basic == "open"
         assert [n.text for t in document.tuples for n in t.notes] == ["Grüße ✓"]
-        # the 4 s subscription is refreshed before it expires: Kamailio NOTIFYs again
+        # the 8 s subscription is refreshed (at half time) before it expires: Kamailio
+        # NOTIFYs again
         count = sum(1 for e in gw.recorder.envelopes if e.operation is Operation.NOTIFY)
         await gw.recorder.wait_for(
             lambda e: (
                 sum(1 for x in gw.recorder.envelopes if x.operation is Operation.NOTIFY) > count
             ),
-            within=8,
+            within=16,
         )
         assert gw.metrics.counts.get("sip_resubscribes_total", 0) == 0
         left = await gw.adapter.send(sub.replace(operation=Operation.UNSUBSCRIBE, duration=None))
