@@ -91,12 +91,21 @@ class RawComponent:
         assert self._writer is not None
         self._writer.write(xml.encode())
 
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._writer is not None:
+    async def close(self, *, wait: float = 5.0) -> None:
+        """End the stream and wait (up to ``wait`` s) for the server to close its side:
+        by then it has dropped this connection's route, so what is sent next is routed
+        to the connections left, not to this one."""
+        writer, task = self._writer, self._task
+        self._writer = self._task = None
+        if writer is not None:
             with contextlib.suppress(ConnectionError):
-                self._writer.write(b"</stream:stream>")
-            self._writer.close()
+                writer.write(b"</stream:stream>")
+                await writer.drain()
+        if task is not None:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(asyncio.shield(task), wait)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+        if writer is not None:
+            writer.close()

@@ -113,7 +113,7 @@ def senders(conn: RawComponent, tag: str) -> dict[str, int]:
     return {u.decode(): found.count(u) for u in set(found)}
 
 
-async def arrived(conns: list[RawComponent], tag: str, expected: int, wait: float = 5.0) -> int:
+async def arrived(conns: list[RawComponent], tag: str, expected: int, wait: float = 15.0) -> int:
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         total = sum(sum(senders(c, tag).values()) for c in conns)
@@ -185,6 +185,7 @@ async def test_ejabberd_bare_source_balancing_drops_a_dead_slots_stanzas(
         # a new connection takes the free slot and its senders' stanzas flow again
         conns.append(await component(server))
         await send_from_each_user(server, "b3")
+        await arrived([conns[-1]], "b3", 3 * len(lost))
         assert senders(conns[-1], "b3").keys() == lost
     finally:
         for conn in conns:
