@@ -50,6 +50,7 @@ async def test_queued_messages_survive_a_gateway_restart_and_arrive_once(
             keys={"contact_port": str(away.port), "expires": "600"},
         )
         assert reg.returncode == 0, reg.output
+        taken_before = stack.metric("cpimgw_messages_in_total", adapter="xmpp")
         async with logged_in(f"alice@{XMPP_DOMAIN}", "alicepw", stack.c2s_port) as alice:
             for i, text in enumerate(texts):
                 alice.send_raw(
@@ -57,8 +58,9 @@ async def test_queued_messages_survive_a_gateway_restart_and_arrive_once(
                     f"<body>{text}</body></message>"
                 )
             for _ in range(200):
-                if (
-                    stack.metric("cpimgw_retries_total", adapter="sip", reason="unavailable")
+                if (  # every message stored, and each tried once at least
+                    stack.metric("cpimgw_messages_in_total", adapter="xmpp") >= taken_before + COUNT
+                    and stack.metric("cpimgw_retries_total", adapter="sip", reason="unavailable")
                     >= COUNT
                 ):
                     break
