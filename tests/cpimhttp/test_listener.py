@@ -91,10 +91,10 @@ async def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
 async def test_keep_alive_requests_restart_the_deadline_and_an_idle_one_is_closed(
     tmp_path: Path,
 ) -> None:
-    async with api(tmp_path, header_timeout=0.8) as (gw, counts):
+    async with api(tmp_path, header_timeout=1.5) as (gw, counts):
         reader, writer = await connect(gw)
         statuses = []
-        for _ in range(3):  # 3 x 0.5 s on one connection: more than one deadline in all
+        for _ in range(3):  # 3 x 0.7 s on one connection: more than one deadline in all
             writer.write(get("/openapi.yaml"))
             head = await reader.readuntil(b"\r\n\r\n")
             length = next(
@@ -104,7 +104,7 @@ async def test_keep_alive_requests_restart_the_deadline_and_an_idle_one_is_close
             )
             await reader.readexactly(length)
             statuses.append(head.split(b" ")[1])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.7)
         got = await answer(reader)
         writer.close()
     assert statuses == [b"200"] * 3

@@ -93,10 +93,11 @@ async def test_status_shows_attempts_and_the_last_error_then_failure(
         location = await post(s, url, "retried")
         await until(lambda: net(gw).attempts >= 1)
         pending: dict[str, object] = {}
-        for _ in range(100):
+        for _ in range(500):  # the retry is written behind the failed attempt
             pending = await status_of(s, url, location)
             if pending["attempts"] == 1:
                 break
+            await asyncio.sleep(0.02)
         net(gw).fail_next(
             DeliveryError("no such user", retryable=False, reason=Reason.UNKNOWN_DESTINATION)
         )
