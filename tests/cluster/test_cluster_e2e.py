@@ -296,9 +296,13 @@ async def run_traffic(
         await alice0.wait_for(lambda s: bob_presence(s, "after the restart"), wait=30)
         await asyncio.sleep(2.0)  # a second copy would have come by now
         after = [s for s in alice0.received if bob_presence(s, "after the restart")]
-        books = {n.name: metric(n.metrics(), "cpimgw_presence_subscriptions", state="active")
-                 for n in nodes}  # fmt: skip
-        last, pending = await store_state(redis.url, "sip:bob@sip.test")
+        for _ in range(100):  # the gauges follow the books every 2 s; the queue drains
+            books = {n.name: metric(n.metrics(), "cpimgw_presence_subscriptions", state="active")
+                     for n in nodes}  # fmt: skip
+            last, pending = await store_state(redis.url, "sip:bob@sip.test")
+            if books == dict.fromkeys(books, 1.0) and pending == 0:
+                break
+            await asyncio.sleep(0.2)
         record_property("presence_copies_after_restart", len(after))
 
         # -- the counts ----------------------------------------------------------------
