@@ -92,6 +92,7 @@ def fuzz(
     rss_limit_mb: int,
     work: Path = WORK,
     runs: int | None = None,
+    seed: int | None = None,
 ) -> Outcome:
     """Run ``target`` for ``seconds`` (or ``runs`` inputs) in a child process."""
     seeds = work / "seeds" / target
@@ -116,6 +117,8 @@ def fuzz(
     ]
     if runs is not None:
         argv.append(f"-runs={runs}")
+    if seed is not None:  # libFuzzer's own random choices (the time budget still varies)
+        argv.append(f"-seed={seed}")
     argv += [str(corpus), str(seeds), str(regressions)]
     started = time.monotonic()
     done = subprocess.run(
