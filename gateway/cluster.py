@@ -186,6 +186,8 @@ class NodeStatus:
     idle: float | None
     recovered: int
     stopped_at: float | None = None
+    #: SIP subscriptions (the gateway as subscriber) this node holds, adapters/sip/subscribers.py
+    sip_subscriptions: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,7 @@ class ClusterStatus:
                     "idle": n.idle,
                     "recovered": n.recovered,
                     "stopped_at": n.stopped_at,
+                    "sip_subscriptions": n.sip_subscriptions,
                 }
                 for n in self.nodes
             ],

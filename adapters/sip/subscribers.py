@@ -323,6 +323,19 @@ class SharedSubscriptions(Subscriptions):
         return taken
 
 
+async def held_counts(client: Any, prefix: str, nodes: Iterable[str]) -> dict[str, int]:
+    """How many SIP subscriptions each of ``nodes`` holds (the length of its ``P:sips:NODE``
+    hash; ``cpimgw cluster status``). Raises redis-py's errors as they come."""
+    names = list(nodes)
+    if not names:
+        return {}
+    async with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hlen(prefix + "sips:" + name)
+        counts = await pipe.execute()
+    return {name: int(n) for name, n in zip(names, counts, strict=True)}
+
+
 def dead_nodes(nodes: Iterable[str], alive: set[str]) -> list[str]:
     """The nodes among ``nodes`` without a live heartbeat, in a stable order."""
     return sorted(n for n in set(nodes) if n not in alive)

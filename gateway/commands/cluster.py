@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
 
+from adapters.sip.subscribers import held_counts
 from canonical.errors import ConfigError
 from gateway.cluster import ClusterStatus, node_statuses
 from gateway.config import load_file
@@ -40,10 +42,12 @@ async def read_status(store: RedisStore, *, now: float) -> ClusterStatus:
     roster = await store.roster()
     alive = await store.alive(sorted(set(roster) | {c.name for c in consumers}))
     stats = await store.stats(now)
+    nodes = node_statuses(roster, alive, consumers)
+    held = await held_counts(store.client, store.prefix, [n.name for n in nodes])
     return ClusterStatus(
         namespace=store.namespace,
         at=now,
-        nodes=node_statuses(roster, alive, consumers),
+        nodes=tuple(dataclasses.replace(n, sip_subscriptions=held[n.name]) for n in nodes),
         pending=stats.pending,
         failed=stats.failed,
         scheduled=await store.scheduled(),
@@ -75,7 +79,7 @@ def render(status: ClusterStatus, url: str) -> str:
         targets = ", ".join(f"{k} {v}" for k, v in sorted(status.by_target.items()))
         lines.append(f"pending by adapter: {targets}")
     rows = [("NODE", "STATE", "HOST/PID", "STARTED (UTC)", "LAST BEAT", "CLAIMED", "IDLE",
-             "RECOVERED")]  # fmt: skip
+             "RECOVERED", "SIP SUBS")]  # fmt: skip
     for n in status.nodes:
         if n.alive:
             state = "alive"
@@ -93,6 +97,7 @@ def render(status: ClusterStatus, url: str) -> str:
                 str(n.claimed),
                 "-" if n.idle is None else f"{n.idle:.1f}s",
                 str(n.recovered),
+                str(n.sip_subscriptions),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -103,6 +108,13 @@ def render(status: ClusterStatus, url: str) -> str:
         lines.append(
             f"claimed by nodes that are not running: {names} - a live node takes them once"
             " they have been idle [cluster] claim_idle seconds"
+        )
+    held = [n for n in status.nodes if not n.alive and n.sip_subscriptions]
+    if held:
+        names = ", ".join(f"{n.name} ({n.sip_subscriptions})" for n in held)
+        lines.append(
+            f"SIP subscriptions held by nodes that are not running: {names} - a live node"
+            " takes them at its next [cluster] recover_interval check"
         )
     if not status.nodes:
         lines.append("no node has joined this cluster yet")

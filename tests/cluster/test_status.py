@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.sip.subscribers import Intent, SharedSubscriptions
 from gateway.cli import main
 from gateway.cluster import Timing
 from gateway.store import Commit, Outbound
@@ -61,6 +62,10 @@ async def populate(url: str, namespace: str) -> str:
     await nodes["c"].fail(failed.id, error="refused", now=1000.0)
     [retry] = await nodes["c"].claim(1000.0, 1)
     await nodes["c"].reschedule(retry.id, next_at=9e9, attempts=1, error="busy")
+    for node, presentities in (("a", ["bob", "carol"]), ("b", ["dan"])):
+        held = SharedSubscriptions(nodes[node])
+        for who in presentities:
+            assert await held.record(Intent(f"sip:al@{node}.test", f"sip:{who}@sip.test"))
     await nodes["c"].close()  # stopped cleanly
     await abandon(nodes["b"])  # b dies: its heartbeat goes, its claim stays
     await nodes["b"].client.delete(nodes["b"].prefix + "node:b")
@@ -99,10 +104,13 @@ def test_status_shows_nodes_claims_and_the_queue(
     assert (nodes["b"]["alive"], nodes["b"]["claimed"]) == (False, 1)
     assert nodes["c"]["alive"] is False
     assert nodes["c"]["stopped_at"] is not None
+    held = [(n, nodes[n]["sip_subscriptions"]) for n in "abc"]
+    assert held == [("a", 2), ("b", 1), ("c", 0)]
     assert main(["cluster", "status", "-c", str(path)]) == 1
     text = capsys.readouterr().out
     assert "5 pending (1 not yet claimed, 3 claimed by nodes, 1 waiting for a retry)" in text
     assert "claimed by nodes that are not running: b (1)" in text
+    assert "SIP subscriptions held by nodes that are not running: b (1)" in text
     assert [line.split()[:2] for line in text.splitlines() if line[:2] in ("a ", "b ", "c ")] == [
         ["a", "alive"],
         ["b", "dead"],
