@@ -195,6 +195,8 @@ class Gateway:
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._presence_turns: dict[str, _Turn] = {}
+        self._housekeeping_wake = asyncio.Event()
+        self._housekeeping_at = math.inf  # when the housekeeping loop wakes up next
         self._check_routes()
         for adapter in self.adapters.values():
             # adapters that tell their callers what became of an operation ask the store
@@ -425,6 +427,9 @@ class Gateway:
             ) from exc
         if effects is not None and not accepted.duplicate:
             self.book.apply(effects)
+            due = self.book.next_flush()
+            if due is not None and due < self._housekeeping_at:
+                self._housekeeping_wake.set()  # a NOTIFY held now is due before that
         return batch, effects, accepted
 
     def _presentity_key(self, envelope: Envelope) -> str | None:
@@ -981,8 +986,12 @@ class Gateway:
     # -- housekeeping -------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
+        """Every 2 s, and when a held NOTIFY is due (woken early by :meth:`_plan_and_store`
+        when one is held that is due before the planned wake-up): release held NOTIFYs,
+        end expired subscriptions, maintain the store, refresh the gauges."""
         last_maintain = 0.0
         while not self._stopping:
+            self._housekeeping_wake.clear()
             now = self.clock()
             try:
                 effects = self.book.flush(now)
@@ -1004,8 +1013,11 @@ class Gateway:
                 self.metrics.store_errors.labels("housekeeping").inc()
                 self.log.exception("housekeeping failed; trying again")
             held = self.book.next_flush()
-            pause = 2.0 if held is None else min(2.0, max(0.05, held - self.clock()))
-            await asyncio.sleep(pause)
+            now = self.clock()
+            pause = 2.0 if held is None else min(2.0, max(0.05, held - now))
+            self._housekeeping_at = now + pause
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._housekeeping_wake.wait(), pause)
 
     async def settle(self, *, within: float = 10.0) -> None:
         """Wait until no entry is pending or in flight: everything delivered or failed

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from canonical.envelope import PIDF, Envelope, Operation, Origin, Payload, identity_of
 from canonical.errors import DeliveryError, GatewayError, Reason, RoutingError, SecurityError
 from gateway.core import REPORT_IMDN, SIGNATURE, DeliveryPolicy, backoff
+from gateway.presence import PresenceBook
 from gateway.routing import Route, RoutingTable
 from gateway.security import Rules
 from gateway.store import EntryState
@@ -282,6 +283,26 @@ async def test_a_notify_right_behind_the_approval_reaches_the_watcher(tmp_path: 
         assert not dropped
     assert [e.operation for e in xmpp.sent] == [Operation.AUTHORIZE, Operation.NOTIFY]
     assert xmpp.sent[1].payload == doc
+
+
+async def test_a_held_notify_goes_when_its_interval_ends_not_at_the_next_sweep() -> None:
+    """A NOTIFY held by coalescing (one per ``min_interval`` per watcher) is sent once the
+    interval ends: the housekeeping loop, asleep for up to 2 s, is woken for it."""
+    async with build(presence=PresenceBook(min_interval=0.1)) as gw:
+        xmpp, sip = adapter(gw, "xmpp"), adapter(gw, "sip")
+        await xmpp.inject(op(Operation.SUBSCRIBE, W, P, "xmpp"))
+        await sip.inject(op(Operation.AUTHORIZE, P, W, "sip", granted=True))
+        first = Payload(PIDF, b"<presence entity='pres:bob@sip.example.net'>1</presence>")
+        await sip.inject(op(Operation.NOTIFY, P, W, "sip", 1, payload=first))
+        await xmpp.wait_sent(2)
+        await until(lambda: gw._housekeeping_at - gw.clock() > 1.5)  # in its 2 s sleep
+        second = Payload(PIDF, b"<presence entity='pres:bob@sip.example.net'>2</presence>")
+        await sip.inject(op(Operation.NOTIFY, P, W, "sip", 2, payload=second))  # held
+        held_at = time.monotonic()
+        await xmpp.wait_sent(3, within=5.0)
+        waited = time.monotonic() - held_at
+    assert xmpp.sent[2].payload == second
+    assert waited < 1.0, f"the held NOTIFY waited {waited:.2f}s for the next sweep"
 
 
 async def test_presence_handshake_notify_and_restart(tmp_path: Path) -> None:
