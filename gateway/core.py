@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters.contract import Adapter, Capability, Deliver, Receipt
@@ -354,17 +354,8 @@ class Gateway:
                 # presence operations of one presentity in turns, each one's change to the
                 # book applied before the next is planned (an AUTHORIZE and the NOTIFY
                 # right behind it: the NOTIFY must see the subscription approved)
-                turn = self._presence_turns.get(key)
-                if turn is None:
-                    turn = self._presence_turns[key] = _Turn()
-                turn.users += 1
-                try:
-                    async with turn.lock:
-                        batch, effects, accepted = await self._plan_and_store(envelope, now)
-                finally:
-                    turn.users -= 1
-                    if not turn.users:
-                        del self._presence_turns[key]
+                async with _in_turn(self._presence_turns, key):
+                    batch, effects, accepted = await self._plan_and_store(envelope, now)
         except GatewayError as exc:
             self.counters.refused += 1
             self.metrics.rejected.labels(adapter, exc.reason.value).inc()
@@ -529,19 +520,10 @@ class Gateway:
         get its answer first and be stored first. Handing the turn on wakes the next
         caller only after this one has gone on to its store write (no suspension lies
         between), which keeps the order ``accept`` promises."""
-        turn = self._turns.get(key)
-        if turn is None:
-            turn = self._turns[key] = _Turn()
-        turn.users += 1
-        try:
-            async with turn.lock:
-                return await self.store.take_token(
-                    key, rate=self.rules.rate, burst=self.rules.burst, now=now
-                )
-        finally:
-            turn.users -= 1
-            if not turn.users:
-                del self._turns[key]
+        async with _in_turn(self._turns, key):
+            return await self.store.take_token(
+                key, rate=self.rules.rate, burst=self.rules.burst, now=now
+            )
 
     def _commit_of(self, identity: str, effects: Effects, now: float) -> Commit:
         entries = []
@@ -1037,6 +1019,23 @@ class _Turn:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
+
+
+@contextlib.asynccontextmanager
+async def _in_turn(turns: dict[str, _Turn], key: str) -> AsyncIterator[None]:
+    """Hold the FIFO turn of ``key`` in ``turns`` (made on first use, dropped when nobody
+    holds or waits for it)."""
+    turn = turns.get(key)
+    if turn is None:
+        turn = turns[key] = _Turn()
+    turn.users += 1
+    try:
+        async with turn.lock:
+            yield
+    finally:
+        turn.users -= 1
+        if not turn.users:
+            del turns[key]
 
 
 class _Handle:

@@ -102,20 +102,16 @@ def render(status: ClusterStatus, url: str) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    orphans = [n for n in status.nodes if not n.alive and n.claimed]
-    if orphans:
-        names = ", ".join(f"{n.name} ({n.claimed})" for n in orphans)
-        lines.append(
-            f"claimed by nodes that are not running: {names} - a live node takes them once"
-            " they have been idle [cluster] claim_idle seconds"
-        )
-    held = [n for n in status.nodes if not n.alive and n.sip_subscriptions]
-    if held:
-        names = ", ".join(f"{n.name} ({n.sip_subscriptions})" for n in held)
-        lines.append(
-            f"SIP subscriptions held by nodes that are not running: {names} - a live node"
-            " takes them at its next [cluster] recover_interval check"
-        )
+    for what, count, then in (
+        ("claimed", "claimed", "once they have been idle [cluster] claim_idle seconds"),
+        ("SIP subscriptions held", "sip_subscriptions", "at the next recover_interval check"),
+    ):
+        dead = [(n.name, getattr(n, count)) for n in status.nodes if not n.alive]
+        names = ", ".join(f"{name} ({held})" for name, held in dead if held)
+        if names:
+            lines.append(
+                f"{what} by nodes that are not running: {names} - a live node takes them {then}"
+            )
     if not status.nodes:
         lines.append("no node has joined this cluster yet")
     return "\n".join(lines)
