@@ -927,11 +927,13 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - tried again next round
                 self._store_trouble("reports", exc)
                 continue
+            complete = len(still) < REPORT_RETRY_MAX  # else "not listed" proves nothing
             for owed, (envelope, error) in list(self._unreported.items()):
                 if self._stopping:
                     return
                 if owed not in still:
-                    self._unreported.pop(owed, None)
+                    if complete:
+                        self._unreported.pop(owed, None)
                     continue
                 await self._report(envelope, error, owed)
 
