@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import cpu
 from gateway.demo.phone import SipPhone
 from gateway.demo.servers import http_status
 from tests.e2e.stack import COMPONENT, SIP_DOMAIN, XMPP_DOMAIN, Stack, stack
@@ -517,6 +518,8 @@ class Outcome:
     sender_failures: int = 0
     gateway_cpu: float = 0.0  # CPU seconds the gateway used during the run
     loop_cpu: float = 0.0  # of which its event loop's thread
+    #: µs of CPU per delivered message of each part of the deployment (benchmarks.cpu)
+    costs: dict[str, float] = field(default_factory=dict)
 
     @property
     def lost(self) -> int:
@@ -563,6 +566,7 @@ class Outcome:
                 else ""
             )
             + ("  ok" if self.sustained else "  NOT SUSTAINED")
+            + (f"\n      {cpu.line(self.costs, os.cpu_count() or 1)}" if self.costs else "")
         )
 
 
@@ -572,6 +576,20 @@ class PathResult:
     best: Outcome | None
     half: Outcome | None
     steps: list[Outcome]
+
+
+async def timed(run: Callable[[float], Awaitable[Outcome]], rate: float) -> Outcome:
+    """One step of ``run`` at ``rate`` with the CPU it cost: the gateway's (all threads,
+    and its loop thread's) and each part's of the deployment per message."""
+    groups = parts()
+    before = cpu_seconds(gateway_pid())
+    before_loop = loop_cpu_seconds(gateway_pid())
+    before_parts = cpu.snapshot(groups)
+    outcome = await run(rate)
+    outcome.costs = cpu.per_message(before_parts, cpu.snapshot(groups), outcome.tally.unique)
+    outcome.gateway_cpu = cpu_seconds(gateway_pid()) - before if gateway_pid() else 0.0
+    outcome.loop_cpu = loop_cpu_seconds(gateway_pid()) - before_loop
+    return outcome
 
 
 async def measure(
@@ -585,12 +603,7 @@ async def measure(
     for rate in rates:
         outcome: Outcome | None = None
         for _ in range(retries + 1):
-            before = cpu_seconds(gateway_pid())
-            before_loop = loop_cpu_seconds(gateway_pid())
-            outcome = await run(rate)
-            assert outcome is not None
-            outcome.gateway_cpu = cpu_seconds(gateway_pid()) - before if gateway_pid() else 0.0
-            outcome.loop_cpu = loop_cpu_seconds(gateway_pid()) - before_loop
+            outcome = await timed(run, rate)
             steps.append(outcome)
             print("  " + outcome.line(), flush=True)
             if outcome.sustained:
@@ -601,12 +614,7 @@ async def measure(
         best = outcome
     half = None
     if best is not None:
-        before = cpu_seconds(gateway_pid())
-        before_loop = loop_cpu_seconds(gateway_pid())
-        half = await run(best.rate / 2)
-        assert half is not None
-        half.gateway_cpu = cpu_seconds(gateway_pid()) - before if gateway_pid() else 0.0
-        half.loop_cpu = loop_cpu_seconds(gateway_pid()) - before_loop
+        half = await timed(run, best.rate / 2)
         print("  at half the best rate: " + half.line(), flush=True)
     return PathResult(name, best, half, steps)
 
@@ -628,6 +636,15 @@ finally:
 """
 
 _GATEWAY: list[int] = []
+#: Process groups of each part of the deployment but the gateway (set up by main_async).
+_PARTS: dict[str, frozenset[int]] = {}
+
+
+def parts() -> dict[str, frozenset[int]]:
+    """Process groups per part for :mod:`benchmarks.cpu` (every server runs in a session
+    of its own): the gateway while a path through it is measured, and the others."""
+    pid = gateway_pid()
+    return {**({"cpimgw": frozenset({pid})} if pid else {}), **_PARTS}
 
 
 def gateway_pid() -> int | None:
@@ -651,8 +668,11 @@ def machine() -> str:
 
 def report(results: list[PathResult]) -> None:
     by_name = {r.name: r for r in results}
-    print("\n| path | sustained, 0 loss | delivered | p50 / p99 at half rate | ratio to ceiling |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| path | sustained, 0 loss | delivered | p50 / p99 at half rate | ratio to ceiling "
+        "| CPU per message of the whole deployment at that rate, and what the cores carry |"
+    )
+    print("|---|---|---|---|---|---|")
     ceilings = {
         "XMPP -> SIP through cpimgw": "SIPp -> Kamailio -> SIPp",
         "SIP -> XMPP through cpimgw": "Prosody c2s -> c2s",
@@ -676,10 +696,20 @@ def report(results: list[PathResult]) -> None:
                 if ceiling and ceiling.best:
                     ratios.append(f"{best.rate / ceiling.best.rate:.2f} of {other}")
             ratio = "; ".join(ratios) or "-"
-        print(f"| {result.name} | {sustained} | {delivered} | {latency} | {ratio} |")
+        budget = "-"
+        if best and best.costs:
+            cores = os.cpu_count() or 1
+            budget = (
+                f"{sum(best.costs.values()):.0f} µs -> {cpu.capacity(best.costs, cores):,.0f}/s"
+            )
+        print(f"| {result.name} | {sustained} | {delivered} | {latency} | {ratio} | {budget} |")
 
 
 async def main_async(options: argparse.Namespace) -> int:
+    # SIGTERM cancels the run like Ctrl-C: the servers are stopped on the way out
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     print(f"machine: {machine()}")
     folder = Path(tempfile.mkdtemp(prefix="cpimgw-bench-e2e-"))
     users = {f"sender{i}": "pw" for i in range(SENDERS)} | {
@@ -713,6 +743,15 @@ async def main_async(options: argparse.Namespace) -> int:
             ).start()  # fmt: skip
         bench = Bench(running, folder, options.seconds, options.lag)
         await bench.setup()
+        assert bench.uas is not None
+        assert running.prosody.process is not None
+        _PARTS.update(
+            {
+                "Prosody": frozenset({running.prosody.process.pid}),
+                "Kamailio": frozenset({running.kamailio.process.pid}),
+                "SIPp UAS": frozenset({bench.uas.pid}),
+            }
+        )
         results = []
         try:
             paths = options.paths.split(",")
@@ -829,7 +868,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a gateway config value, VALUE in TOML (e.g. adapters.sip.overload_delay=0.3)",
     )
     options = parser.parse_args(argv)
-    return asyncio.run(main_async(options))
+    try:
+        return asyncio.run(main_async(options))
+    except asyncio.CancelledError:  # SIGTERM: the servers were stopped on the way out
+        print("stopped by SIGTERM; every server it started is stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":
