@@ -201,7 +201,7 @@ class Gateway:
         for adapter in self.adapters.values():
             # adapters that tell their callers what became of an operation ask the store
             if adapter.context.outcome is None:
-                adapter.context.outcome = getattr(store, "outcome", None)
+                adapter.context.outcome = store.outcome
 
     # -- configuration ------------------------------------------------------------
 

@@ -116,10 +116,14 @@ class MemoryStore:
         entry = self._entries.get(entry_id)
         if entry is None:
             return
-        failed = _replace(
-            entry, next_at=now, attempts=entry.attempts, error=error, state=EntryState.FAILED
+        self._entries[entry_id] = _replace(
+            entry,
+            next_at=now,
+            attempts=entry.attempts,
+            error=error,
+            state=EntryState.FAILED,
+            report=report,
         )
-        self._entries[entry_id] = dataclasses.replace(failed, report=report)
 
     async def reports(self, limit: int = 1000) -> list[Entry]:
         owed = [e for e in self._entries.values() if e.report is not None]
@@ -213,7 +217,10 @@ def _replace(
     attempts: int,
     error: str | None,
     state: EntryState = EntryState.PENDING,
+    report: str | None = None,
 ) -> Entry:
+    """A copy of ``entry`` in a new state; a report owed is kept only when given (a
+    retried or requeued entry owes none)."""
     return Entry(
         id=entry.id,
         target=entry.target,
@@ -224,4 +231,5 @@ def _replace(
         created_at=entry.created_at,
         expires_at=entry.expires_at,
         last_error=error,
+        report=report,
     )
