@@ -67,6 +67,9 @@ STORE_LOG_INTERVAL = 10.0
 REPORT_RETRY_INTERVAL = 5.0
 #: Refused reports kept in memory for those tries; more wait in the store for the next start.
 REPORT_RETRY_MAX = 10_000
+#: Seconds an owed report taken by this node stays its own on a shared store (renewed at
+#: every retry round): longer than a start's resend of 1,000 reports and the retry interval.
+REPORT_HOLD = 120.0
 
 
 class RateLimitedError(SecurityError):
@@ -922,8 +925,11 @@ class Gateway:
             await asyncio.sleep(self.report_retry_interval)
             if not self._unreported:
                 continue
-            try:  # still owed? (an operator may have requeued or dropped the entry)
-                still = {e.id for e in await self.store.reports(limit=REPORT_RETRY_MAX)}
+            try:  # still owed, and still this node's? (an operator may have requeued or
+                # dropped the entry; a node that started meanwhile may have taken it)
+                still = {
+                    e.id for e in await self.store.take_reports(REPORT_RETRY_MAX, hold=REPORT_HOLD)
+                }
             except Exception as exc:  # noqa: BLE001 - tried again next round
                 self._store_trouble("reports", exc)
                 continue
@@ -940,9 +946,10 @@ class Gateway:
     async def _resend_reports(self) -> None:
         """At start: the failure reports still owed (a crash or an adapter error came
         between giving up and reporting) go to their senders now, from the stored
-        envelope and error, so a resend is the same report (at-least-once)."""
+        envelope and error, so a resend is the same report (at-least-once). On a shared
+        store each is taken by one node: nodes starting together do not each send it."""
         try:
-            owed = await self.store.reports()
+            owed = await self.store.take_reports(hold=REPORT_HOLD)
         except Exception as exc:  # noqa: BLE001 - they stay owed for the next start
             self._store_trouble("reports", exc)
             return

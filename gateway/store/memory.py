@@ -130,6 +130,9 @@ class MemoryStore:
         owed.sort(key=lambda e: int(e.id))
         return owed[:limit]
 
+    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
+        return await self.reports(limit)
+
     async def reported(self, entry_id: str) -> None:
         entry = self._entries.get(entry_id)
         if entry is not None and entry.report is not None:

@@ -3,7 +3,7 @@ gateway nodes at once (redis-py's asyncio client; Redis >= 7 or Valkey).
 
 Why this shape (docs/scaling.md has the costs and the model at scale):
 
-- **Every state change is one Redis Function call** (library ``cpimgw_2``, loaded with
+- **Every state change is one Redis Function call** (library ``cpimgw_3``, loaded with
   ``FUNCTION LOAD REPLACE`` at :meth:`RedisStore.open`): a function runs atomically, so
   :meth:`RedisStore.commit` writes the dedup mark, the queue entries, the subscription
   changes and the last presence together or not at all (DESIGN.md "Delivery"). Functions
@@ -82,13 +82,13 @@ log = logging.getLogger("cpimgw.store.redis")
 
 #: The library's version: part of every function name, so nodes of two cpimgw versions
 #: sharing one Redis each call their own functions during a rolling upgrade.
-LIBRARY = "cpimgw_2"
+LIBRARY = "cpimgw_3"
 GROUP = "nodes"
 #: Attribute the core sets on the SUBSCRIBEs it sends to re-establish subscriptions
 #: after a start (gateway.presence.PresenceBook.resubscribe).
 REFRESH = "subscription.refresh"
 
-_LIBRARY_CODE = """#!lua name=cpimgw_2
+_LIBRARY_CODE = """#!lua name=cpimgw_3
 -- Every function takes the key prefix "{namespace}:" as its first argument and declares
 -- KEYS[1] = "{namespace}:streams" (so Redis Cluster routes the call to the namespace's
 -- slot). The delivery queue is one stream per target adapter, "{namespace}:q:TARGET",
@@ -355,10 +355,27 @@ end
 local function reported(keys, a)
   local P, id = a[1], a[2]
   redis.call('ZREM', P .. 'reports', id)
+  redis.call('DEL', P .. 'guard:report:' .. id)
   if redis.call('EXISTS', P .. 'e:' .. id) == 1 then
     redis.call('HDEL', P .. 'e:' .. id, 'report')
   end
   return 1
+end
+
+-- take_reports(P, value, hold_ms, limit): the ids of the owed reports (oldest first, among
+-- the first limit) no other node holds; each one returned is held for value for hold_ms
+local function take_reports(keys, a)
+  local P, value, hold, limit = a[1], a[2], a[3], tonumber(a[4])
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', P .. 'reports', 0, limit - 1)) do
+    local k = P .. 'guard:report:' .. id
+    local holder = redis.call('GET', k)
+    if not holder or holder == value then
+      redis.call('SET', k, value, 'PX', hold)
+      out[#out + 1] = id
+    end
+  end
+  return out
 end
 
 -- requeue(P, now, window_ms, id...): failed or pending entries become pending and due now
@@ -564,7 +581,7 @@ local function retire(keys, a)
 end
 
 local function register(name, fn, flags)
-  redis.register_function{function_name = 'cpimgw_2_' .. name, callback = fn, flags = flags}
+  redis.register_function{function_name = 'cpimgw_3_' .. name, callback = fn, flags = flags}
 end
 register('commit', commit, {})
 register('claim', claim, {})
@@ -573,6 +590,7 @@ register('complete', complete, {})
 register('reschedule', reschedule, {})
 register('fail', fail, {})
 register('reported', reported, {})
+register('take_reports', take_reports, {})
 register('requeue', requeue, {})
 register('drop', drop, {})
 register('stats', stats, {'no-writes'})
@@ -1190,6 +1208,15 @@ class RedisStore:
 
     async def reports(self, limit: int = 1000) -> list[Entry]:
         ids = await self._direct("ZRANGE", self.prefix + "reports", 0, limit - 1)
+        return await self._read_entries([int(i) for i in ids])
+
+    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
+        """The owed reports no other node took within its hold; those returned are held
+        for this node (``P:guard:report:ID``) for ``hold`` seconds. A store opened
+        without a node name (the operator's commands) takes nothing: :meth:`reports`."""
+        if self.node is None:
+            return await self.reports(limit)
+        ids = await self._fn("take_reports", self.name, str(max(1, int(hold * 1000))), str(limit))
         return await self._read_entries([int(i) for i in ids])
 
     async def reported(self, entry_id: str) -> None:

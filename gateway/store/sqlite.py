@@ -1104,6 +1104,10 @@ class SqliteStore:
         )
         return [_entry(row) for row in rows]
 
+    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
+        """:meth:`reports`: one node owns this file."""
+        return await self.reports(limit)
+
     async def reported(self, entry_id: str) -> None:
         await self._submit(
             lambda c: c.execute("UPDATE queue SET report = NULL WHERE id = ?", (int(entry_id),))

@@ -23,6 +23,7 @@ from gateway.cluster import BookFollower, Exclusive, Timing
 from gateway.presence import LastPresence, PresenceBook, Subscription, SubscriptionState
 from gateway.store import Commit, EntryState, Outbound
 from gateway.store.redis import LIBRARY, REFRESH, RedisStore
+from tests.gateway.network import build, memory, until
 from tests.gateway.samples import message
 from tests.servers.redis import RedisServer
 
@@ -636,3 +637,68 @@ async def test_an_exclusive_adapter_passes_on_why_it_is_down_only_where_it_runs(
     await on_a.stop()
     await on_b.stop()
     await asyncio.wait_for(asyncio.gather(run_a, run_b), 5)
+
+
+async def owed_report(store: RedisStore, text: str) -> str:
+    """An entry given up with a failure report owed to its sender (RFC 3860 §3.4.1)."""
+    [entry_id] = (await store.commit(commit_of(text))).ids
+    assert entry_id in await claim_all(store)
+    await store.fail(entry_id, error="no such user", now=1001.0, report="unknown-destination")
+    return entry_id
+
+
+async def test_an_owed_report_is_taken_by_one_node_at_a_time(make: Make) -> None:
+    a, b, operator = make("a"), make("b"), make("ops", serve=False)
+    for store in (a, b, operator):
+        await store.open()
+    owed = await owed_report(a, "to nobody")
+    assert [e.id for e in await a.take_reports(hold=0.5)] == [owed]
+    assert await b.take_reports(hold=0.5) == [], "a holds it"
+    assert [e.id for e in await a.take_reports(hold=0.5)] == [owed], "renewed, still a's"
+    assert [e.id for e in await operator.take_reports()] == [owed], "the operator only looks"
+    assert [e.id for e in await b.reports()] == [owed], "still owed for everyone to see"
+    for _ in range(100):  # a stops renewing (it died, or stopped trying): b may take it
+        if await b.take_reports(hold=0.5):
+            break
+        await asyncio.sleep(0.05)
+    assert await a.take_reports(hold=0.5) == [], "now b's"
+    await b.reported(owed)
+    assert await a.take_reports() == []
+    assert await a.client.exists(f"{a.prefix}guard:report:{owed}") == 0, "the hold goes with it"
+
+
+async def test_nodes_starting_together_send_an_owed_report_once(make: Make) -> None:
+    """Two gateways start at once on a store that owes a report: the sender gets it once,
+    from one of them (not once per node), and it is no longer owed."""
+    seed = make("seed")
+    await seed.open()
+    owed = await owed_report(seed, "crashed before reporting")
+    await seed.close()
+    gateways = [
+        build(store=make(name), adapters={n: memory(n) for n in ("xmpp", "sip")})
+        for name in ("a", "b")
+    ]
+    senders = [g.adapters["xmpp"] for g in gateways]
+    assert all(isinstance(s, MemoryAdapter) for s in senders)
+    await asyncio.gather(*(g.start() for g in gateways))
+    try:
+
+        def reports() -> int:
+            return sum(len(s.reports) for s in senders if isinstance(s, MemoryAdapter))
+
+        await until(lambda: reports() >= 1)
+        for _ in range(100):
+            if not await gateways[0].store.reports():
+                break
+            await asyncio.sleep(0.02)
+        assert await gateways[0].store.reports() == []
+        await asyncio.sleep(0.3)  # no late second copy
+        assert reports() == 1, "one copy per cluster, not one per node"
+        [(envelope, error)] = [
+            r for s in senders if isinstance(s, MemoryAdapter) for r in s.reports
+        ]
+        assert error.reason is Reason.UNKNOWN_DESTINATION
+        assert envelope.identity == message(text="crashed before reporting").identity
+        assert [e.id for e in await gateways[1].store.entries()] == [owed]
+    finally:
+        await asyncio.gather(*(g.stop() for g in gateways))

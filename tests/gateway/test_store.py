@@ -148,9 +148,14 @@ async def test_failure_report_is_owed_until_reported(store: Store) -> None:
     [owed] = await store.reports()
     assert (owed.id, owed.report, owed.last_error) == (first.id, "unavailable", "gone")
     assert owed.envelope == first.envelope
+    # one node: what it may send is what is owed, as often as it asks
+    for _ in range(2):
+        [taken] = await store.take_reports(hold=30.0)
+        assert (taken.id, taken.report, taken.envelope) == (owed.id, owed.report, owed.envelope)
     await store.reported(first.id)
     await store.reported(first.id)  # twice is harmless
     assert await store.reports() == []
+    assert await store.take_reports() == []
     [kept, _] = await store.entries(EntryState.FAILED)
     assert kept.report is None
 
