@@ -70,6 +70,9 @@ REPORT_RETRY_MAX = 10_000
 #: Seconds an owed report taken by this node stays its own on a shared store (renewed at
 #: every retry round): longer than a start's resend of 1,000 reports and the retry interval.
 REPORT_HOLD = 120.0
+#: Seconds after which an owed report nobody is sending (its node died between giving the
+#: entry up and reporting it, or a start left it for later) is sent by a running node.
+REPORT_ORPHAN_AGE = 30.0
 
 
 class RateLimitedError(SecurityError):
@@ -195,6 +198,9 @@ class Gateway:
         #: again every REPORT_RETRY_INTERVAL s while this node runs.
         self._unreported: dict[str, tuple[Envelope, GatewayError]] = {}
         self.report_retry_interval = REPORT_RETRY_INTERVAL
+        self.report_orphan_age = REPORT_ORPHAN_AGE
+        #: Owed reports this node is sending now (or has planned to, at start).
+        self._reporting: set[str] = set()
         self._handles: dict[str, _Handle] = {}
         self._turns: dict[str, _Turn] = {}
         self._presence_turns: dict[str, _Turn] = {}
@@ -821,32 +827,37 @@ class Gateway:
         # the report owed to the sender is written with the failure: a crash before the
         # origin adapter took it leaves it owed, and the next start sends it
         owed = final.reason.value if self._owes_report(entry.envelope) else None
+        if owed:  # not sent as nobody's report (_adopt_orphans) while this gives it up
+            self._reporting.add(entry.id)
         try:
-            await self.store.fail(entry.id, error=str(final), now=now, report=owed)
-        except Exception as exc:  # noqa: BLE001 - retried until the store takes it
-            if not await self._store_retry(
-                "fail",
-                lambda: self.store.fail(entry.id, error=str(final), now=now, report=owed),
-                exc,
-            ):
-                return
-        self.counters.failed += 1
-        self.metrics.failed.labels(entry.target, final.reason.value).inc()
-        self.outcomes.outcome(
-            "failed",
-            entry.envelope,
-            level=logging.WARNING,
-            target=entry.target,
-            attempts=attempts,
-            reason=final.reason.value,
-            error=str(final),
-        )
-        if entry.envelope.operation is Operation.SUBSCRIBE:
             try:
-                await self._abandon_subscription(entry.envelope, now)
-            except Exception as exc:  # noqa: BLE001 - counted and logged; the report still goes
-                self._store_trouble("abandon", exc)
-        await self._report(entry.envelope, final, entry.id if owed else None)
+                await self.store.fail(entry.id, error=str(final), now=now, report=owed)
+            except Exception as exc:  # noqa: BLE001 - retried until the store takes it
+                if not await self._store_retry(
+                    "fail",
+                    lambda: self.store.fail(entry.id, error=str(final), now=now, report=owed),
+                    exc,
+                ):
+                    return
+            self.counters.failed += 1
+            self.metrics.failed.labels(entry.target, final.reason.value).inc()
+            self.outcomes.outcome(
+                "failed",
+                entry.envelope,
+                level=logging.WARNING,
+                target=entry.target,
+                attempts=attempts,
+                reason=final.reason.value,
+                error=str(final),
+            )
+            if entry.envelope.operation is Operation.SUBSCRIBE:
+                try:
+                    await self._abandon_subscription(entry.envelope, now)
+                except Exception as exc:  # noqa: BLE001 - counted and logged; the report still goes
+                    self._store_trouble("abandon", exc)
+            await self._report(entry.envelope, final, entry.id if owed else None)
+        finally:
+            self._reporting.discard(entry.id)
 
     async def _abandon_subscription(self, envelope: Envelope, now: float) -> None:
         """A SUBSCRIBE that never reached the presentity leaves no pending subscription."""
@@ -877,6 +888,16 @@ class Gateway:
         start)."""
         if not self._owes_report(envelope):
             return
+        if owed is None:
+            await self._send_report(envelope, error, None)
+            return
+        self._reporting.add(owed)
+        try:
+            await self._send_report(envelope, error, owed)
+        finally:
+            self._reporting.discard(owed)
+
+    async def _send_report(self, envelope: Envelope, error: GatewayError, owed: str | None) -> None:
         origin = self.adapters[envelope.origin.adapter]
         original = envelope
         if "negative-delivery" in envelope.attributes.get(IMDN_REQUEST, ""):
@@ -917,31 +938,68 @@ class Gateway:
         return True
 
     async def _retry_reports(self) -> None:
-        """Every REPORT_RETRY_INTERVAL s, the reports an origin adapter refused while
-        running (its link was down, it was still connecting at start) are tried again,
-        so the sender hears back once the link is up, not only at the next start. Only
-        this node's refusals: another node's owed reports are its own to send."""
+        """Every REPORT_RETRY_INTERVAL s: the reports this node's origin adapters refused
+        are tried again (:meth:`_retry_refused`), and owed reports nobody is sending are
+        sent (:meth:`_adopt_orphans`)."""
         while not self._stopping:
             await asyncio.sleep(self.report_retry_interval)
-            if not self._unreported:
+            await self._retry_refused()
+            await self._adopt_orphans()
+
+    async def _retry_refused(self) -> None:
+        """The reports an origin adapter refused while running (its link was down, it was
+        still connecting at start) are tried again, so the sender hears back once the
+        link is up, not only at the next start. Only this node's refusals: another
+        node's owed reports are its own to send."""
+        if not self._unreported:
+            return
+        try:  # still owed, and still this node's? (an operator may have requeued or
+            # dropped the entry; a node that started meanwhile may have taken it)
+            still = {
+                e.id for e in await self.store.take_reports(REPORT_RETRY_MAX, hold=REPORT_HOLD)
+            }
+        except Exception as exc:  # noqa: BLE001 - tried again next round
+            self._store_trouble("reports", exc)
+            return
+        complete = len(still) < REPORT_RETRY_MAX  # else "not listed" proves nothing
+        for owed, (envelope, error) in list(self._unreported.items()):
+            if self._stopping:
+                return
+            if owed not in still:
+                if complete:
+                    self._unreported.pop(owed, None)
                 continue
-            try:  # still owed, and still this node's? (an operator may have requeued or
-                # dropped the entry; a node that started meanwhile may have taken it)
-                still = {
-                    e.id for e in await self.store.take_reports(REPORT_RETRY_MAX, hold=REPORT_HOLD)
-                }
-            except Exception as exc:  # noqa: BLE001 - tried again next round
-                self._store_trouble("reports", exc)
-                continue
-            complete = len(still) < REPORT_RETRY_MAX  # else "not listed" proves nothing
-            for owed, (envelope, error) in list(self._unreported.items()):
-                if self._stopping:
-                    return
-                if owed not in still:
-                    if complete:
-                        self._unreported.pop(owed, None)
-                    continue
-                await self._report(envelope, error, owed)
+            await self._report(envelope, error, owed)
+
+    async def _adopt_orphans(self) -> None:
+        """Owed reports nobody is sending — given up more than ``report_orphan_age`` s
+        ago, not being sent or retried by this node, not held by another (on a shared
+        store): above all those of a node that died between giving an entry up and
+        reporting it, and those a start left for later. This node takes and sends them
+        now, instead of waiting for some node's next start (RFC 3860 §3.4.1: the sender
+        hears of the failure)."""
+        try:
+            owed = await self.store.take_reports(
+                hold=REPORT_HOLD, failed_before=self.clock() - self.report_orphan_age
+            )
+        except Exception as exc:  # noqa: BLE001 - tried again next round
+            self._store_trouble("reports", exc)
+            return
+        orphans = [
+            e
+            for e in owed
+            if e.id not in self._unreported
+            and e.id not in self._reporting
+            and self._owes_report(e.envelope)
+        ]
+        if orphans:
+            self.log.info(
+                "sending failure reports nobody was sending", extra={"count": len(orphans)}
+            )
+        for entry in orphans:
+            if self._stopping:
+                return
+            await self._report(entry.envelope, _owed_error(entry), entry.id)
 
     async def _resend_reports(self) -> None:
         """At start: the failure reports still owed (a crash or an adapter error came
@@ -955,24 +1013,25 @@ class Gateway:
             return
         if owed:
             self.log.info("sending failure reports still owed", extra={"count": len(owed)})
-        for entry in owed:
-            if not self._owes_report(entry.envelope):  # its adapter is gone
-                self.log.warning(
-                    "a failure report is owed through an adapter no longer configured",
-                    extra={
-                        "adapter": entry.envelope.origin.adapter,
-                        "identity": entry.envelope.identity,
-                    },
-                )
-                continue
-            try:
-                reason = Reason(entry.report or "")
-            except ValueError:
-                reason = Reason.INTERNAL
-            error = DeliveryError(
-                entry.last_error or "not delivered", retryable=False, reason=reason
-            )
-            await self._report(entry.envelope, error, entry.id)
+        planned = {e.id for e in owed} - self._reporting
+        self._reporting |= planned  # not adopted as orphans while this start sends them
+        try:
+            for entry in owed:
+                if not self._owes_report(entry.envelope):  # its adapter is gone
+                    self.log.warning(
+                        "a failure report is owed through an adapter no longer configured",
+                        extra={
+                            "adapter": entry.envelope.origin.adapter,
+                            "identity": entry.envelope.identity,
+                        },
+                    )
+                    continue
+                if entry.id not in planned:
+                    continue  # being sent already
+                self._reporting.discard(entry.id)
+                await self._report(entry.envelope, _owed_error(entry), entry.id)
+        finally:
+            self._reporting -= planned
 
     # -- housekeeping -------------------------------------------------------------
 
@@ -1045,6 +1104,16 @@ async def _in_turn(turns: dict[str, _Turn], key: str) -> AsyncIterator[None]:
         turn.users -= 1
         if not turn.users:
             del turns[key]
+
+
+def _owed_error(entry: Entry) -> DeliveryError:
+    """The error of a report still owed, from the stored reason and last error, so a
+    report sent late is the same report (at-least-once)."""
+    try:
+        reason = Reason(entry.report or "")
+    except ValueError:
+        reason = Reason.INTERNAL
+    return DeliveryError(entry.last_error or "not delivered", retryable=False, reason=reason)
 
 
 class _Handle:

@@ -158,12 +158,15 @@ class Store(Protocol):
         """Failed entries whose failure report is still owed (oldest first)."""
         ...
 
-    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
+    async def take_reports(
+        self, limit: int = 1000, *, hold: float = 60.0, failed_before: float | None = None
+    ) -> list[Entry]:
         """The owed reports (:meth:`reports`) this node may send now. On a store several
         nodes share, those another node took within its ``hold`` are left out, and the
         ones returned are this node's for ``hold`` seconds (renewed by calling again), so
         nodes starting together send each report once, not once per node. A store of
-        one node returns :meth:`reports`."""
+        one node returns :meth:`reports`. With ``failed_before``, only the reports of
+        entries given up before that time (the ``now`` of :meth:`fail`)."""
         ...
 
     async def reported(self, entry_id: str) -> None:

@@ -130,8 +130,13 @@ class MemoryStore:
         owed.sort(key=lambda e: int(e.id))
         return owed[:limit]
 
-    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
-        return await self.reports(limit)
+    async def take_reports(
+        self, limit: int = 1000, *, hold: float = 60.0, failed_before: float | None = None
+    ) -> list[Entry]:
+        owed = await self.reports(len(self._entries))
+        if failed_before is not None:
+            owed = [e for e in owed if e.next_at < failed_before]
+        return owed[:limit]
 
     async def reported(self, entry_id: str) -> None:
         entry = self._entries.get(entry_id)

@@ -1104,9 +1104,21 @@ class SqliteStore:
         )
         return [_entry(row) for row in rows]
 
-    async def take_reports(self, limit: int = 1000, *, hold: float = 60.0) -> list[Entry]:
-        """:meth:`reports`: one node owns this file."""
-        return await self.reports(limit)
+    async def take_reports(
+        self, limit: int = 1000, *, hold: float = 60.0, failed_before: float | None = None
+    ) -> list[Entry]:
+        """:meth:`reports` (one node owns this file), given up before ``failed_before``."""
+        if failed_before is None:
+            return await self.reports(limit)
+        rows = await self._submit(
+            lambda c: c.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM queue"  # noqa: S608
+                " WHERE state = 'failed' AND next_at < ? AND report IS NOT NULL"
+                " ORDER BY id LIMIT ?",
+                (failed_before, limit),
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
 
     async def reported(self, entry_id: str) -> None:
         await self._submit(

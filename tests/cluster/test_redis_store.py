@@ -639,11 +639,12 @@ async def test_an_exclusive_adapter_passes_on_why_it_is_down_only_where_it_runs(
     await asyncio.wait_for(asyncio.gather(run_a, run_b), 5)
 
 
-async def owed_report(store: RedisStore, text: str) -> str:
-    """An entry given up with a failure report owed to its sender (RFC 3860 §3.4.1)."""
+async def owed_report(store: RedisStore, text: str, now: float = 1001.0) -> str:
+    """An entry given up at ``now`` with a failure report owed to its sender (RFC 3860
+    §3.4.1)."""
     [entry_id] = (await store.commit(commit_of(text))).ids
     assert entry_id in await claim_all(store)
-    await store.fail(entry_id, error="no such user", now=1001.0, report="unknown-destination")
+    await store.fail(entry_id, error="no such user", now=now, report="unknown-destination")
     return entry_id
 
 
@@ -702,3 +703,31 @@ async def test_nodes_starting_together_send_an_owed_report_once(make: Make) -> N
         assert [e.id for e in await gateways[1].store.entries()] == [owed]
     finally:
         await asyncio.gather(*(g.stop() for g in gateways))
+
+
+async def test_a_report_its_node_died_owing_is_sent_by_a_running_node_once(make: Make) -> None:
+    """A node gave an entry up and died before reporting it: a running gateway sends the
+    report once it is ``report_orphan_age`` old (not at some node's next start), once."""
+    gateway = build(store=make("b"), adapters={n: memory(n) for n in ("xmpp", "sip")})
+    gateway.report_retry_interval = 0.05
+    gateway.report_orphan_age = 0.3
+    sender = gateway.adapters["xmpp"]
+    assert isinstance(sender, MemoryAdapter)
+    async with gateway:
+        dead = make("a")
+        await dead.open()
+        owed = await owed_report(dead, "given up by a node that died", now=gateway.clock())
+        await kill(dead)
+        await asyncio.sleep(0.1)
+        assert sender.reports == [], "too young: its node may still be reporting it"
+        await until(lambda: len(sender.reports) >= 1)
+        for _ in range(100):
+            if not await gateway.store.reports():
+                break
+            await asyncio.sleep(0.02)
+        assert await gateway.store.reports() == []
+        await asyncio.sleep(0.3)
+        [(envelope, error)] = sender.reports
+        assert envelope.identity == message(text="given up by a node that died").identity
+        assert error.reason is Reason.UNKNOWN_DESTINATION
+        assert [e.id for e in await gateway.store.entries()] == [owed]

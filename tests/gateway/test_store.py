@@ -160,6 +160,19 @@ async def test_failure_report_is_owed_until_reported(store: Store) -> None:
     assert kept.report is None
 
 
+async def test_reports_can_be_taken_by_when_their_entry_was_given_up(store: Store) -> None:
+    for text in ("early", "late"):
+        await store.commit(commit_of(text))
+    early, late = await store.claim(1000.0, 10)
+    await store.fail(early.id, error="gone", now=1001.0, report="expired")
+    await store.fail(late.id, error="gone", now=1050.0, report="expired")
+    assert [e.id for e in await store.take_reports(failed_before=1001.0)] == []
+    assert [e.id for e in await store.take_reports(failed_before=1001.5)] == [early.id]
+    assert [e.id for e in await store.take_reports(failed_before=2000.0)] == [early.id, late.id]
+    assert [e.id for e in await store.take_reports(1, failed_before=2000.0)] == [early.id]
+    assert [e.id for e in await store.take_reports()] == [early.id, late.id]
+
+
 async def test_requeue_or_drop_cancels_an_owed_report(store: Store) -> None:
     for text in ("a", "b"):
         await store.commit(commit_of(text))
