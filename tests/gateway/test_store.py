@@ -66,7 +66,8 @@ async def test_a_store_file_without_the_report_column_gets_it(tmp_path: Path) ->
     await store.open()
     await store.commit(commit_of("old"))
     await store.close()
-    conn = sqlite3.connect(path)
+    conn = sqlite3.connect(path)  # as a file of an older cpimgw: no column, no index on it
+    conn.execute("DROP INDEX queue_owed")
     conn.execute("ALTER TABLE queue DROP COLUMN report")
     conn.commit()
     conn.close()
