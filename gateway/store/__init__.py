@@ -162,11 +162,12 @@ class Store(Protocol):
         self, limit: int = 1000, *, hold: float = 60.0, failed_before: float | None = None
     ) -> list[Entry]:
         """The owed reports (:meth:`reports`) this node may send now. On a store several
-        nodes share, those another node took within its ``hold`` are left out, and the
-        ones returned are this node's for ``hold`` seconds (renewed by calling again), so
-        nodes starting together send each report once, not once per node. A store of
-        one node returns :meth:`reports`. With ``failed_before``, only the reports of
-        entries given up before that time (the ``now`` of :meth:`fail`)."""
+        nodes share, only those whose origin adapter this node serves now, less those
+        another node took within its ``hold``; the ones returned are this node's for
+        ``hold`` seconds (renewed by calling again), so nodes starting together send each
+        report once, not once per node. A store of one node returns :meth:`reports`.
+        With ``failed_before``, only the reports of entries given up before that time
+        (the ``now`` of :meth:`fail`)."""
         ...
 
     async def reported(self, entry_id: str) -> None:

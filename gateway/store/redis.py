@@ -362,24 +362,17 @@ local function reported(keys, a)
   return 1
 end
 
--- take_reports(P, value, hold_ms, limit, before): the ids of the owed reports (oldest
--- first, among the first limit) no other node holds and, unless before is '', given up
--- before that time; each one returned is held for value for hold_ms
+-- take_reports(P, value, hold_ms, id...): of these owed reports, the ids no other node
+-- holds; each one returned is held for value for hold_ms
 local function take_reports(keys, a)
-  local P, value, hold, limit = a[1], a[2], a[3], tonumber(a[4])
-  local before = tonumber(a[5])
+  local P, value, hold = a[1], a[2], a[3]
   local out = {}
-  for _, id in ipairs(redis.call('ZRANGE', P .. 'reports', 0, limit - 1)) do
-    local k = P .. 'guard:report:' .. id
+  for i = 4, #a do
+    local k = P .. 'guard:report:' .. a[i]
     local holder = redis.call('GET', k)
-    local due = true
-    if before then
-      local at = tonumber(redis.call('HGET', P .. 'e:' .. id, 'next_at'))
-      due = at ~= nil and at < before
-    end
-    if due and (not holder or holder == value) then
+    if not holder or holder == value then
       redis.call('SET', k, value, 'PX', hold)
-      out[#out + 1] = id
+      out[#out + 1] = a[i]
     end
   end
   return out
@@ -1220,21 +1213,25 @@ class RedisStore:
     async def take_reports(
         self, limit: int = 1000, *, hold: float = 60.0, failed_before: float | None = None
     ) -> list[Entry]:
-        """The owed reports no other node took within its hold (and given up before
-        ``failed_before``); those returned are held for this node
-        (``P:guard:report:ID``) for ``hold`` seconds. A store opened without a node name
-        (the operator's commands) takes nothing: it reads."""
-        if self.node is None:
-            owed = await self.reports(limit)
-            return [e for e in owed if failed_before is None or e.next_at < failed_before]
-        ids = await self._fn(
-            "take_reports",
-            self.name,
-            str(max(1, int(hold * 1000))),
-            str(limit),
-            "" if failed_before is None else _num(failed_before),
+        """The owed reports (among the first ``limit``) given up before ``failed_before``,
+        whose origin adapter this node serves now (:attr:`serving`: an exclusive adapter
+        only where it runs) and no other node took within its hold; those returned are
+        held for this node (``P:guard:report:ID``) for ``hold`` seconds. A store opened
+        without a node name (the operator's commands) takes nothing: it reads."""
+        serving = self.serving() if self.serving is not None else None
+        wanted = [
+            e
+            for e in await self.reports(limit)
+            if (failed_before is None or e.next_at < failed_before)
+            and (serving is None or e.envelope.origin.adapter in serving)
+        ]
+        if self.node is None or not wanted:
+            return wanted
+        taken = await self._fn(
+            "take_reports", self.name, str(max(1, int(hold * 1000))), *(e.id for e in wanted)
         )
-        return await self._read_entries([int(i) for i in ids])
+        mine = {_text(i) for i in taken}
+        return [e for e in wanted if e.id in mine]
 
     async def reported(self, entry_id: str) -> None:
         await self._fn("reported", entry_id)

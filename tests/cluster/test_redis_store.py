@@ -668,6 +668,20 @@ async def test_an_owed_report_is_taken_by_one_node_at_a_time(make: Make) -> None
     assert await a.client.exists(f"{a.prefix}guard:report:{owed}") == 0, "the hold goes with it"
 
 
+async def test_an_owed_report_is_taken_only_where_its_origin_adapter_runs(make: Make) -> None:
+    """A standby of an exclusive XMPP adapter does not take (and so hold back) a report
+    owed through it; the node running the adapter does."""
+    standby, runner = make("standby"), make("runner")
+    for store in (standby, runner):
+        await store.open()
+    standby.serving = lambda: {"sip"}
+    runner.serving = lambda: {"sip", "xmpp"}
+    owed = await owed_report(standby, "owed through xmpp")  # message() comes from xmpp
+    assert await standby.take_reports() == []
+    assert [e.id for e in await runner.take_reports()] == [owed]
+    assert [e.id for e in await standby.reports()] == [owed], "owed all the same"
+
+
 async def test_nodes_starting_together_send_an_owed_report_once(make: Make) -> None:
     """Two gateways start at once on a store that owes a report: the sender gets it once,
     from one of them (not once per node), and it is no longer owed."""
