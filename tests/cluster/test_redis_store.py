@@ -23,7 +23,7 @@ from gateway.cluster import BookFollower, Exclusive, Timing
 from gateway.presence import LastPresence, PresenceBook, Subscription, SubscriptionState
 from gateway.store import Commit, EntryState, Outbound
 from gateway.store.redis import LIBRARY, REFRESH, RedisStore
-from tests.gateway.network import build, memory, until
+from tests.gateway.network import build, memory, until, until_no_report_owed
 from tests.gateway.samples import message
 from tests.servers.redis import RedisServer
 
@@ -702,11 +702,7 @@ async def test_nodes_starting_together_send_an_owed_report_once(make: Make) -> N
             return sum(len(s.reports) for s in senders if isinstance(s, MemoryAdapter))
 
         await until(lambda: reports() >= 1)
-        for _ in range(100):
-            if not await gateways[0].store.reports():
-                break
-            await asyncio.sleep(0.02)
-        assert await gateways[0].store.reports() == []
+        await until_no_report_owed(gateways[0].store)
         await asyncio.sleep(0.3)  # no late second copy
         assert reports() == 1, "one copy per cluster, not one per node"
         [(envelope, error)] = [
@@ -735,11 +731,7 @@ async def test_a_report_its_node_died_owing_is_sent_by_a_running_node_once(make:
         await asyncio.sleep(0.1)
         assert sender.reports == [], "too young: its node may still be reporting it"
         await until(lambda: len(sender.reports) >= 1)
-        for _ in range(100):
-            if not await gateway.store.reports():
-                break
-            await asyncio.sleep(0.02)
-        assert await gateway.store.reports() == []
+        await until_no_report_owed(gateway.store)
         await asyncio.sleep(0.3)
         [(envelope, error)] = sender.reports
         assert envelope.identity == message(text="given up by a node that died").identity

@@ -65,3 +65,13 @@ async def until(condition: Callable[[], bool], *, within: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise TimeoutError(f"condition not met within {within}s")
+
+
+async def until_no_report_owed(store: Store, *, within: float = 4.0) -> None:
+    """Wait until the store owes no failure report (the adapter took it; the store's
+    ``reported`` lands just after), then check it."""
+    for _ in range(int(within / 0.02)):
+        if not await store.reports():
+            break
+        await asyncio.sleep(0.02)
+    assert await store.reports() == []

@@ -13,7 +13,7 @@ from canonical.envelope import Envelope
 from canonical.errors import DeliveryError, GatewayError, Reason
 from gateway.store import Commit, Outbound
 from gateway.store.sqlite import SqliteStore
-from tests.gateway.network import adapter, build, until
+from tests.gateway.network import adapter, build, until, until_no_report_owed
 from tests.gateway.samples import message
 
 
@@ -80,11 +80,7 @@ async def test_a_report_taken_at_once_is_not_owed(tmp_path: Path) -> None:
             )
         )
         assert len(await gw.store.entries()) == 1
-        for _ in range(50):
-            if not await gw.store.reports():
-                break
-            await asyncio.sleep(0.01)
-        assert await gw.store.reports() == []
+        await until_no_report_owed(gw.store)
 
 
 class FlakyLink(MemoryAdapter):
@@ -132,11 +128,7 @@ async def test_a_report_refused_while_running_reaches_the_sender_once_the_link_i
         assert reported.identity == env.identity
         assert error.reason is Reason.UNKNOWN_DESTINATION
         await until(lambda: gw.counters.reported == 1)
-        for _ in range(100):
-            if not await gw.store.reports():
-                break
-            await asyncio.sleep(0.01)
-        assert await gw.store.reports() == []
+        await until_no_report_owed(gw.store)
         await asyncio.sleep(0.2)  # several retry rounds: nothing is sent twice
         assert len(flaky.reports) == 1
 
@@ -181,11 +173,7 @@ async def test_more_reports_than_a_start_sends_follow_while_running_each_once(
     gw.report_retry_interval = 0.05
     async with gw:
         await until(lambda: len(up.reports) >= 1_005, within=30.0)
-        for _ in range(200):
-            if not await gw.store.reports():
-                break
-            await asyncio.sleep(0.02)
-        assert await gw.store.reports() == []
+        await until_no_report_owed(gw.store)
         await asyncio.sleep(0.3)
     sent = [envelope.identity for envelope, _ in up.reports]
     assert sorted(sent) == sorted(given_up), "each owed report once"
