@@ -999,6 +999,8 @@ class Gateway:
         for entry in orphans:
             if self._stopping:
                 return
+            if entry.id in self._reporting or entry.id in self._unreported:
+                continue  # taken up by another path of this node meanwhile
             await self._report(entry.envelope, _owed_error(entry), entry.id)
 
     async def _resend_reports(self) -> None:

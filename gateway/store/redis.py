@@ -362,15 +362,17 @@ local function reported(keys, a)
   return 1
 end
 
--- take_reports(P, value, hold_ms, id...): of these owed reports, the ids no other node
--- holds; each one returned is held for value for hold_ms
+-- take_reports(P, value, hold_ms, id...): of these reports, the ids still owed (not
+-- reported since they were read) that no other node holds; each one returned is held for
+-- value for hold_ms
 local function take_reports(keys, a)
   local P, value, hold = a[1], a[2], a[3]
   local out = {}
   for i = 4, #a do
     local k = P .. 'guard:report:' .. a[i]
     local holder = redis.call('GET', k)
-    if not holder or holder == value then
+    local owed = redis.call('ZSCORE', P .. 'reports', a[i])
+    if owed and (not holder or holder == value) then
       redis.call('SET', k, value, 'PX', hold)
       out[#out + 1] = a[i]
     end
