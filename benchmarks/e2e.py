@@ -727,7 +727,12 @@ async def main_async(options: argparse.Namespace) -> int:
         else [r for r in RATES if r >= options.start]
     )
     with stack(
-        folder, extra=extra, users=users, kamailio_shm_mb=1024, kamailio_children=options.children
+        folder,
+        extra=extra,
+        users=users,
+        kamailio_shm_mb=1024,
+        kamailio_children=options.children,
+        sip_transport=options.sip_transport,
     ) as running:
         if options.profile:
             running.stop_gateway()
@@ -857,6 +862,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default=None, help="run the gateway under cProfile")
     parser.add_argument(
         "--py-spy", default=None, metavar="PREFIX", help="sample the gateway with py-spy"
+    )
+    parser.add_argument(
+        "--sip-transport",
+        choices=["udp", "tcp"],
+        default="udp",
+        help="SIP between the gateway and Kamailio (the example's is UDP)",
     )
     parser.add_argument("--gil", action="store_true", help="py-spy: only samples holding the GIL")
     parser.add_argument(

@@ -535,12 +535,15 @@ def stack(
     kamailio_shm_mb: int = 256,
     kamailio_children: int | None = None,
     extra: Mapping[str, TomlValue] | None = None,
+    sip_transport: Literal["udp", "tcp"] = "udp",
     **settings: Any,
 ) -> Iterator[Stack]:
     """XMPP server + Kamailio + ``cpimgw run``, all stopped on exit whatever happened.
 
     ``users`` (user -> password) replaces the default XMPP accounts; ``proxy`` picks
     Kamailio's configuration (module docstring); ``api`` adds the HTTP API adapter.
+    ``sip_transport`` (example proxy, without ``tls``): SIP between the gateway and
+    Kamailio over UDP (the example's) or TCP, both ways.
     ``tls`` (example proxy): SIP between the gateway and Kamailio runs over TLS both ways
     (operators' guide, "TLS"), with certificates from a CA of this run, verified by the
     gateway. ``gateway_sip_target(port)`` gives the port Kamailio sends the gateway's
@@ -590,13 +593,13 @@ def stack(
             k = stop.enter_context(
                 _example_proxy(
                     workdir / "kamailio",
-                    target=f"sip:127.0.0.1:{target};transport=udp",
+                    target=f"sip:127.0.0.1:{target};transport={sip_transport}",
                     shm_mb=kamailio_shm_mb,
                     children=kamailio_children,
                     tls=None,
                 )
             )
-            proxy_port = k.port
+            proxy_transport, proxy_port = sip_transport, k.port
         chosen: dict[str, Any] = {
             "store": workdir / "store" / "cpimgw.sqlite3",
             "xmpp_port": server.component_port,
