@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from adapters.contract import Adapter, Capability, Deliver, Receipt
@@ -827,37 +827,41 @@ class Gateway:
         # the report owed to the sender is written with the failure: a crash before the
         # origin adapter took it leaves it owed, and the next start sends it
         owed = final.reason.value if self._owes_report(entry.envelope) else None
-        if owed:  # not sent as nobody's report (_adopt_orphans) while this gives it up
-            self._reporting.add(entry.id)
+        # not sent as nobody's report (_adopt_orphans) while this gives it up
+        with self._sending(entry.id if owed else None):
+            await self._give_up(entry, final, attempts, now, owed)
+
+    async def _give_up(
+        self, entry: Entry, final: GatewayError, attempts: int, now: float, owed: str | None
+    ) -> None:
+        """Record the final failure of ``entry`` (with the report ``owed`` to its sender,
+        RFC 3860 §3.4.1), count and log it, and report it."""
         try:
+            await self.store.fail(entry.id, error=str(final), now=now, report=owed)
+        except Exception as exc:  # noqa: BLE001 - retried until the store takes it
+            if not await self._store_retry(
+                "fail",
+                lambda: self.store.fail(entry.id, error=str(final), now=now, report=owed),
+                exc,
+            ):
+                return
+        self.counters.failed += 1
+        self.metrics.failed.labels(entry.target, final.reason.value).inc()
+        self.outcomes.outcome(
+            "failed",
+            entry.envelope,
+            level=logging.WARNING,
+            target=entry.target,
+            attempts=attempts,
+            reason=final.reason.value,
+            error=str(final),
+        )
+        if entry.envelope.operation is Operation.SUBSCRIBE:
             try:
-                await self.store.fail(entry.id, error=str(final), now=now, report=owed)
-            except Exception as exc:  # noqa: BLE001 - retried until the store takes it
-                if not await self._store_retry(
-                    "fail",
-                    lambda: self.store.fail(entry.id, error=str(final), now=now, report=owed),
-                    exc,
-                ):
-                    return
-            self.counters.failed += 1
-            self.metrics.failed.labels(entry.target, final.reason.value).inc()
-            self.outcomes.outcome(
-                "failed",
-                entry.envelope,
-                level=logging.WARNING,
-                target=entry.target,
-                attempts=attempts,
-                reason=final.reason.value,
-                error=str(final),
-            )
-            if entry.envelope.operation is Operation.SUBSCRIBE:
-                try:
-                    await self._abandon_subscription(entry.envelope, now)
-                except Exception as exc:  # noqa: BLE001 - counted and logged; the report still goes
-                    self._store_trouble("abandon", exc)
-            await self._report(entry.envelope, final, entry.id if owed else None)
-        finally:
-            self._reporting.discard(entry.id)
+                await self._abandon_subscription(entry.envelope, now)
+            except Exception as exc:  # noqa: BLE001 - counted and logged; the report still goes
+                self._store_trouble("abandon", exc)
+        await self._report(entry.envelope, final, entry.id if owed else None)
 
     async def _abandon_subscription(self, envelope: Envelope, now: float) -> None:
         """A SUBSCRIBE that never reached the presentity leaves no pending subscription."""
@@ -888,12 +892,19 @@ class Gateway:
         start)."""
         if not self._owes_report(envelope):
             return
+        with self._sending(owed):
+            await self._send_report(envelope, error, owed)
+
+    @contextlib.contextmanager
+    def _sending(self, owed: str | None) -> Iterator[None]:
+        """Mark the owed report of entry ``owed`` as being sent by this node while the
+        block runs, so :meth:`_adopt_orphans` leaves it alone (None: nothing owed)."""
         if owed is None:
-            await self._send_report(envelope, error, None)
+            yield
             return
         self._reporting.add(owed)
         try:
-            await self._send_report(envelope, error, owed)
+            yield
         finally:
             self._reporting.discard(owed)
 
